@@ -1,0 +1,392 @@
+"""The HTTP app: Anthropic Messages API in front, providers behind.
+
+`create_app` only assembles; it reads no files and no environment, so ``serve`` and the tests build
+the same app from different inputs. One request, in order: parse and check the body
+(`RequestValidator`), pick the route (`Router`), run the provider's compiled request chain, send
+upstream with ``stream=True`` (so the status is known before any byte goes to the client), then
+either assemble one message (`MessageBuilder`) or translate the stream (`StreamMachine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+import orjson
+from litestar import Litestar, Request, Response, get, head, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from ._compiler import CompiledProvider
+from ._config import ProviderSettings, RouteTarget, Settings
+from ._errors import (
+    EngineError,
+    NotFoundError,
+    RequestError,
+    UpstreamError,
+    UpstreamProtocolError,
+    error_envelope,
+    error_type_for_status,
+)
+from ._functions import new_id
+from ._loader import load_schema
+from ._router import Route, Router
+from ._sse import SSEDecoder, encode_event, encode_events
+from ._stream import MessageBuilder, StreamMachine
+from ._tokens import TokenCounter
+from ._upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
+
+logger = logging.getLogger("ccproxy_engine")
+
+#: Send a ping when the upstream has been silent this long (long hidden reasoning).
+KEEPALIVE_SECONDS = 15.0
+#: Bodies above this size are counted off the event loop.
+INLINE_COUNT_BYTES = 16_384
+
+
+class RequestValidator:
+    """Checks request bodies against `schemas/`: fast compiled check first, a precise message on failure."""
+
+    def __init__(self, schema_name: str) -> None:
+        schema = load_schema(schema_name)
+        self._fast = fastjsonschema.compile(schema)
+        self._precise = jsonschema.Draft202012Validator(schema)
+
+    def check(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise RequestError("request body must be a JSON object")
+        try:
+            self._fast(body)
+        except fastjsonschema.JsonSchemaValueException:
+            error = jsonschema.exceptions.best_match(self._precise.iter_errors(body))
+            if error is None:  # the two validators disagree; trust the precise one
+                return
+            where = ".".join(str(part) for part in error.absolute_path) or "body"
+            raise RequestError(f"{where}: {error.message}") from None
+
+
+@dataclass(slots=True)
+class Engine:
+    """Everything the handlers share, built once per app."""
+
+    settings: Settings
+    providers: Mapping[str, CompiledProvider]
+    router: Router
+    upstream: UpstreamClient
+    tokens: TokenCounter
+    messages_schema: RequestValidator
+    count_schema: RequestValidator
+
+    def target(self, target: RouteTarget) -> tuple[ProviderSettings, CompiledProvider]:
+        settings = self.settings.providers.get(target.provider)
+        provider = self.providers.get(settings.rules) if settings else None
+        if settings is None or provider is None:
+            raise NotFoundError(f"provider '{target.provider}' is not configured")
+        return settings, provider
+
+
+def _engine(request: Request[Any, Any, Any]) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def _json_body(request: Request[Any, Any, Any]) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+
+
+def _json_response(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json",
+                    headers=dict(headers or {}))
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+@post("/v1/messages", status_code=200)
+async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
+    engine = _engine(request)
+    body = await _json_body(request)
+    engine.messages_schema.check(body)
+    route = engine.router.route(body)
+    target = route.primary
+    settings, provider = engine.target(target)
+    is_streaming = bool(body.get("stream"))
+    estimate = asyncio.ensure_future(_count(engine.tokens, body)) if is_streaming else None
+    prepared = provider.build_request(body, model=target.model, provider=settings.as_scope(),
+                                      stream=is_streaming)
+    upstream_request = UpstreamRequest(
+        provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
+        body=orjson.dumps(prepared.body), stream=is_streaming, timeouts=settings.timeouts,
+    )
+    headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
+    try:
+        response = await engine.upstream.send(upstream_request)
+    except BaseException:
+        if estimate is not None:
+            estimate.cancel()
+        raise
+    if response.status >= 300:
+        await _raise_upstream_error(response, provider)
+    client_model = str(body.get("model"))
+    if estimate is None:
+        return await _whole_message(response, provider, target, client_model, prepared.tool_names, headers)
+    machine = StreamMachine(
+        provider=target.provider, message_id=new_id("msg_"), model=client_model,
+        tool_names=prepared.tool_names, sign=provider.signer(target.model), input_tokens=await estimate,
+    )
+    events = _translate_stream(response, provider, machine)
+    return Stream(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+async def _raise_upstream_error(response: UpstreamResponse, provider: CompiledProvider) -> None:
+    try:
+        raw = await response.read()
+    finally:
+        await response.aclose()
+    raise provider.map_error(response.status, raw, response.headers.get("retry-after"))
+
+
+async def _whole_message(response: UpstreamResponse, provider: CompiledProvider, target: RouteTarget,
+                         client_model: str, tool_names: dict[str, str],
+                         headers: dict[str, str]) -> Response[bytes]:
+    try:
+        raw = await response.read()
+    finally:
+        await response.aclose()
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(target.provider, f"answer is not JSON: {raw[:200]!r}") from None
+    builder = MessageBuilder(provider=target.provider, message_id=new_id("msg_"), model=client_model,
+                             tool_names=tool_names, sign=provider.signer(target.model))
+    for delta in provider.new_decoder(stream=False).decode(answer):
+        builder.feed(delta)
+    return _json_response(builder.build(), headers=headers)
+
+
+async def _translate_stream(response: UpstreamResponse, provider: CompiledProvider,
+                            machine: StreamMachine) -> AsyncIterator[bytes]:
+    """Upstream SSE bytes → Anthropic SSE bytes. Closes the upstream however the stream ends
+    (finished, failed, or the client went away)."""
+    decoder = provider.new_decoder(stream=True)
+    done = decoder.done_marker
+    sse = SSEDecoder()
+    try:
+        yield encode_events(machine.start())
+        async for chunk in _with_keepalive(response.aiter_bytes()):
+            if chunk is None:
+                yield encode_events(machine.ping())
+                continue
+            events = []
+            for record in sse.feed(chunk):
+                if done is not None and record.data == done:
+                    continue
+                events.extend(_feed_record(record.data, decoder, machine, provider.name))
+            if events:
+                yield encode_events(events)
+            if machine.is_done:
+                return
+        events = []
+        for record in sse.flush():
+            if done is None or record.data != done:
+                events.extend(_feed_record(record.data, decoder, machine, provider.name))
+        events.extend(machine.finish())
+        if events:
+            yield encode_events(events)
+    except EngineError as exc:
+        logger.warning("stream failed: %s", exc.message)
+        yield encode_events(machine.fail(exc.error_type, exc.message))
+    except Exception:
+        logger.exception("stream translation failed")
+        yield encode_events(machine.fail("api_error", "internal error while translating the stream"))
+    finally:
+        await response.aclose()
+
+
+def _feed_record(data: str, decoder: Any, machine: StreamMachine, provider: str) -> list[tuple[str, Any]]:
+    if not data:
+        return []
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(provider, f"stream record is not JSON: {data[:200]}") from None
+    events = []
+    for delta in decoder.decode(chunk):
+        events.extend(machine.feed(delta))
+    return events
+
+
+async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:
+    """Yield the upstream's chunks, and None whenever it has been silent for KEEPALIVE_SECONDS."""
+    iterator = chunks.__aiter__()
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield None
+                continue
+            task, pending = pending, None
+            try:
+                chunk = task.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+
+
+async def _count(tokens: TokenCounter, body: Mapping[str, Any]) -> int:
+    """Token count of a request; large bodies are counted in a thread so the loop stays free."""
+    if len(body.get("messages") or ()) < 4 and not body.get("tools"):
+        return tokens.count_request(body)
+    return await asyncio.to_thread(tokens.count_request, body)
+
+
+@post("/v1/messages/count_tokens", status_code=200)
+async def count_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
+    engine = _engine(request)
+    body = await _json_body(request)
+    engine.count_schema.check(body)
+    return _json_response({"input_tokens": await _count(engine.tokens, body)})
+
+
+def _model_ids(engine: Engine) -> list[str]:
+    """Client-facing model ids: Anthropic names the config maps, then every provider/model it names."""
+    ids: list[str] = []
+    routes = engine.settings.routes
+    for pattern in routes.models:
+        if not any(ch in pattern for ch in "*?["):
+            ids.append(pattern)
+    for target in [*routes.default, *(t for targets in routes.models.values() for t in targets)]:
+        ids.append(f"{target.provider}/{target.model}")
+    for name, provider in engine.settings.providers.items():
+        ids.extend(f"{name}/{model}" for model in provider.models)
+    return list(dict.fromkeys(ids))
+
+
+def _model_info(model_id: str) -> dict[str, Any]:
+    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": "2025-01-01T00:00:00Z"}
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    ids = _model_ids(_engine(request))
+    params = request.query_params
+    try:
+        limit = max(1, min(int(params.get("limit", 20)), 1000))
+    except ValueError:
+        raise RequestError("limit: must be an integer") from None
+    if after := params.get("after_id"):
+        ids = ids[ids.index(after) + 1:] if after in ids else []
+    if before := params.get("before_id"):
+        ids = ids[:ids.index(before)] if before in ids else []
+    page = ids[:limit]
+    return _json_response({"data": [_model_info(i) for i in page], "has_more": len(ids) > limit,
+                           "first_id": page[0] if page else None, "last_id": page[-1] if page else None})
+
+
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+    model_id = model_id.lstrip("/")
+    if model_id not in _model_ids(_engine(request)):
+        raise NotFoundError(f"model '{model_id}' is not configured")
+    return _json_response(_model_info(model_id))
+
+
+@get("/health")
+async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+    engine = _engine(request)
+    return _json_response({"status": "ok", "providers": sorted(engine.settings.providers)})
+
+
+@head("/")
+async def head_root() -> None:
+    """Claude Code probes the base URL with HEAD / before it starts."""
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Every error a client sees, as the Anthropic envelope with the matching status."""
+    request_id = new_id("req_")
+    if isinstance(exc, EngineError):
+        if isinstance(exc, UpstreamError):
+            logger.warning("%s", exc.message)
+        headers = {"request-id": request_id, **exc.headers}
+        return _json_response(exc.envelope(request_id), exc.status, headers)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = _http_message(status, request, exc)
+        return _json_response(error_envelope(error_type_for_status(status), message, request_id), status,
+                              {"request-id": request_id})
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _json_response(error_envelope("api_error", "internal error", request_id), 500,
+                          {"request-id": request_id})
+
+
+def _http_message(status: int, request: Request[Any, Any, Any], exc: HTTPException) -> str:
+    if status == 404:
+        return f"{request.method} {request.url.path}: not found"
+    if status == 405:
+        return f"{request.method} is not allowed on {request.url.path}"
+    if status == 413:
+        return "request body is too large"
+    return str(exc.detail)
+
+
+# --- assembly ----------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, providers: Mapping[str, CompiledProvider], *,
+               upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
+               max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
+    """The ASGI app for `settings` and compiled `providers` (see `load_engine` for building both)."""
+    engine = Engine(
+        settings=settings, providers=providers, router=Router(settings),
+        upstream=upstream or UpstreamClient(), tokens=tokens or TokenCounter(),
+        messages_schema=RequestValidator("anthropic.messages.schema.json"),
+        count_schema=RequestValidator("anthropic.count_tokens.schema.json"),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        await engine.upstream.open()
+        warm = asyncio.ensure_future(asyncio.to_thread(engine.tokens.warm_up))
+        logger.debug("upstream pools open in %.1f ms", (time.perf_counter() - started) * 1000)
+        try:
+            yield
+        finally:
+            warm.cancel()
+            await engine.upstream.aclose()
+
+    return Litestar(
+        route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root],
+        state=State({"engine": engine}),
+        lifespan=[lifespan],
+        exception_handlers={Exception: _error_response},
+        openapi_config=None,
+        request_max_body_size=max_body_bytes,
+        logging_config=None,
+        debug=False,
+    )
+
+
+__all__ = ["Engine", "Route", "create_app"]

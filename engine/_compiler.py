@@ -1,0 +1,507 @@
+"""Rule sets → `CompiledProvider`s: the request chain, the response decoders and the error map.
+
+Compiling happens once, at start-up. What a request pays for is calling the closures built here:
+
+* `CompiledProvider.build_request(body, model=…, settings=…, stream=…)` runs the ``request:`` templates
+  and returns the upstream URL, headers and body (a dict, encoded by the caller);
+* `CompiledProvider.new_decoder(stream=…)` returns a `ResponseDecoder` whose ``decode(chunk)`` turns one
+  upstream JSON value (a stream chunk, or the whole body) into normalized deltas (`_types.Delta`), by
+  the ``stream:`` or ``response:`` selectors;
+* `CompiledProvider.map_error(status, body)` turns a non-2xx answer into an `UpstreamStatusError`
+  with the Anthropic status and error type, by the ``errors:`` rules and the table of protocols.md 4.9.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._errors import (
+    Diagnostic,
+    DiagnosticCode,
+    RequestError,
+    RuleError,
+    UpstreamStatusError,
+    error_type_for_status,
+)
+from ._functions import JINJA_GLOBALS, encode_signature
+from ._loader import KeyPath, RuleSet
+from ._template import (
+    CompileContext,
+    Compiled,
+    Selector,
+    bound_names,
+    compile_selector,
+    compile_template,
+    named_template,
+)
+from ._types import (
+    Delta,
+    ErrorDelta,
+    FinishDelta,
+    JSONObject,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
+
+#: Upstream HTTP status → the status an Anthropic client expects (protocols.md 4.9).
+UPSTREAM_STATUS_MAP: dict[int, int] = {
+    400: 400, 401: 401, 402: 402, 403: 403, 404: 404, 408: 504, 409: 400, 413: 413, 422: 400,
+    429: 429, 500: 500, 502: 529, 503: 529, 504: 504, 529: 529,
+}
+
+#: Names every request template can use (docs/rules.md, "What a template sees").
+SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
+                         "fail", "none", "true", "false"})
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def fail(message: str) -> None:
+    """Template global: refuse the request with a 400 ``invalid_request_error`` saying `message`."""
+    raise RequestError(message)
+
+
+def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in a rule's `defaults`; an unset variable without default → None."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    missing = False
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal missing
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        missing = True
+        return ""
+
+    expanded = _ENV_REFERENCE.sub(substitute, value)
+    return None if missing else expanded
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """What a provider's request chain produced for one request."""
+
+    url: str
+    headers: dict[str, str]
+    body: JSONObject
+    tool_names: dict[str, str]
+    """upstream tool name → client tool name, for names the rules renamed."""
+
+
+@dataclass(slots=True)
+class _UsageSelectors:
+    input: Selector
+    output: Selector
+    cache_read: Selector
+    cache_write: Selector
+
+
+@dataclass(slots=True)
+class _DecoderSpec:
+    """The compiled ``response:`` or ``stream:`` section."""
+
+    parts: Selector
+    thinking: Selector
+    signature: Selector
+    text: Selector
+    refusal: Selector
+    tool_calls: Selector
+    call_key: Selector
+    call_id: Selector
+    call_name: Selector
+    call_arguments: Selector
+    whole_calls: bool
+    finish_reason: Selector
+    usage: _UsageSelectors
+    error: Selector
+    done: str | None
+
+
+def _none(data: Any) -> Any:
+    return None
+
+
+class ResponseDecoder:
+    """Per-response state around a `_DecoderSpec`: upstream JSON values in, normalized deltas out."""
+
+    __slots__ = ("_calls", "_errors", "_finish_reasons", "_refused", "_spec")
+
+    def __init__(self, spec: _DecoderSpec, finish_reasons: Mapping[str, str],
+                 errors: ErrorMap) -> None:
+        self._spec = spec
+        self._finish_reasons = finish_reasons
+        self._errors = errors
+        self._refused = False
+        self._calls = 0
+
+    @property
+    def done_marker(self) -> str | None:
+        """The data line that ends a stream (``[DONE]`` for OpenAI), or None when EOF ends it."""
+        return self._spec.done
+
+    def decode(self, chunk: Any) -> list[Delta]:
+        spec = self._spec
+        error = spec.error(chunk)
+        if error:
+            error_type, message = self._errors.describe_inline(error)
+            return [ErrorDelta(error_type, message)]
+        out: list[Delta] = []
+        for part in spec.parts(chunk) or ():
+            if part is None:
+                continue
+            self._decode_part(part, out)
+        raw = spec.finish_reason(chunk)
+        if raw:
+            reason = "refusal" if self._refused else self._finish_reasons.get(str(raw))
+            out.append(FinishDelta(reason, str(raw)))
+        usage = self._usage(chunk)
+        if usage is not None:
+            out.append(usage)
+        return out
+
+    def _decode_part(self, part: Any, out: list[Delta]) -> None:
+        spec = self._spec
+        thinking = spec.thinking(part)
+        signature = spec.signature(part)
+        if thinking or signature:
+            out.append(ThinkingDelta(thinking if isinstance(thinking, str) else "", signature or None))
+        text = spec.text(part)
+        if text and isinstance(text, str):
+            out.append(TextDelta(text))
+        refusal = spec.refusal(part)
+        if refusal and isinstance(refusal, str):
+            self._refused = True
+            out.append(TextDelta(refusal))
+        for call in spec.tool_calls(part) or ():
+            out.append(self._tool_call(call))
+
+    def _tool_call(self, call: Any) -> ToolCallDelta:
+        spec = self._spec
+        arguments = spec.call_arguments(call)
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()
+        key = spec.call_key(call)
+        if spec.whole_calls:
+            key = f"call{self._calls}"
+            self._calls += 1
+        return ToolCallDelta(key=key if isinstance(key, int | str) else None,
+                             id=spec.call_id(call) or None, name=spec.call_name(call) or None,
+                             arguments=arguments or "")
+
+    def _usage(self, chunk: Any) -> UsageDelta | None:
+        selectors = self._spec.usage
+        total_in = selectors.input(chunk)
+        output = selectors.output(chunk)
+        if total_in is None and output is None:
+            return None
+        cache_read = _as_int(selectors.cache_read(chunk))
+        cache_write = _as_int(selectors.cache_write(chunk))
+        input_tokens = None
+        if total_in is not None:
+            input_tokens = max(0, _as_int(total_in) - cache_read - cache_write)
+        return UsageDelta(input_tokens=input_tokens, output_tokens=None if output is None else _as_int(output),
+                          cache_read_input_tokens=cache_read, cache_creation_input_tokens=cache_write)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+@dataclass(slots=True)
+class ErrorMap:
+    """The compiled ``errors:`` section."""
+
+    provider: str
+    message: Selector
+    type: Selector
+    code: Selector
+    by_code: dict[str, str]
+    status: dict[int, int]
+    context_overflow: Selector
+
+    def to_exception(self, status: int, body: bytes, retry_after: str | None = None) -> UpstreamStatusError:
+        """An upstream non-2xx answer as the error an Anthropic client would have received."""
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            data = None
+        message = self._message(data) or body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+        anthropic_status = self.status.get(status) or UPSTREAM_STATUS_MAP.get(status) or (
+            400 if status < 500 else 500)
+        error_type = error_type_for_status(anthropic_status)
+        code = self._code(data)
+        if code in self.by_code:
+            error_type = self.by_code[code]
+            anthropic_status = _STATUS_FOR_TYPE.get(error_type, anthropic_status)
+        if data is not None and self.context_overflow(data):
+            anthropic_status, error_type = 400, "invalid_request_error"
+            message = f"prompt is too long: {message}"
+        return UpstreamStatusError(self.provider, message, status=anthropic_status, error_type=error_type,
+                                   upstream_status=status, retry_after=retry_after)
+
+    def describe_inline(self, error: Any) -> tuple[str, str]:
+        """An error record inside a 200 stream → (Anthropic error type, message)."""
+        wrapped = error if isinstance(error, dict) and "error" in error else {"error": error}
+        message = self._message(wrapped) or (error if isinstance(error, str) else orjson.dumps(error).decode())
+        code = self._code(wrapped)
+        if code in self.by_code:
+            return self.by_code[code], f"[{self.provider}] {message}"
+        if self.context_overflow(wrapped):
+            return "invalid_request_error", f"prompt is too long: [{self.provider}] {message}"
+        return _INLINE_TYPES.get(str(code), "api_error"), f"[{self.provider}] {message}"
+
+    def _message(self, data: Any) -> str | None:
+        value = self.message(data) if data is not None else None
+        return value if isinstance(value, str) and value else None
+
+    def _code(self, data: Any) -> str | None:
+        if data is None:
+            return None
+        for selector in (self.code, self.type):
+            value = selector(data)
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value) in self.by_code:
+                return str(value)
+        value = self.code(data)
+        return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+_STATUS_FOR_TYPE = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+_INLINE_TYPES = {"rate_limit_exceeded": "rate_limit_error", "overloaded": "overloaded_error",
+                 "server_error": "api_error", "timeout": "timeout_error"}
+
+
+@dataclass(slots=True)
+class CompiledProvider:
+    """A provider's rules, compiled: everything a request needs from `rules/<name>.yaml`."""
+
+    name: str
+    rule_set: RuleSet
+    defaults: dict[str, Any]
+    models: list[tuple[str, dict[str, Any]]]
+    url: Compiled
+    method: str
+    headers: list[tuple[str, Compiled]]
+    body: Compiled
+    tool_name: Compiled | None
+    response: _DecoderSpec
+    stream: _DecoderSpec
+    finish_reasons: dict[str, str]
+    errors: ErrorMap
+    _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def capabilities(self, model: str) -> dict[str, Any]:
+        """The capability row for `model`: ``*`` first, then every matching glob, most specific last."""
+        cached = self._caps_cache.get(model)
+        if cached is not None:
+            return cached
+        caps: dict[str, Any] = {}
+        for pattern, row in self.models:
+            if pattern == model or fnmatch.fnmatchcase(model, pattern):
+                caps.update(row)
+        if len(self._caps_cache) < 1024:
+            self._caps_cache[model] = caps
+        return caps
+
+    def default(self, key: str, env: Mapping[str, str] | None = None) -> Any:
+        """A value from the rule's ``defaults:`` with ``${VAR}`` expanded."""
+        return expand_env(self.defaults.get(key), os.environ if env is None else env)
+
+    def build_request(self, body: JSONObject, *, model: str, provider: Mapping[str, Any],
+                      stream: bool) -> PreparedRequest:
+        """Run the request chain. `provider` holds name, base_url, api_key and headers (merged settings)."""
+        tool_names: dict[str, str] = {}
+        if self.tool_name is not None:
+            for tool in body.get("tools") or ():
+                name = tool.get("name") if isinstance(tool, dict) else None
+                if isinstance(name, str):
+                    upstream = self.tool_name({"name": name, "model": model})
+                    if upstream != name:
+                        tool_names[name] = upstream
+        rename = _renamer(tool_names, self.tool_name, model)
+        scope: dict[str, Any] = {
+            **JINJA_GLOBALS,
+            "request": body,
+            "model": model,
+            "client_model": body.get("model"),
+            "caps": self.capabilities(model),
+            "provider": provider,
+            "stream": stream,
+            "tool_name": rename,
+            "fail": fail,
+        }
+        headers = {name: str(value) for name, fn in self.headers if (value := fn(scope)) is not None}
+        for name, value in (provider.get("headers") or {}).items():
+            headers[name.lower()] = str(value)
+        upstream_body = self.body(scope)
+        return PreparedRequest(str(self.url(scope)), headers, upstream_body,
+                               {upstream: client for client, upstream in tool_names.items()})
+
+    def new_decoder(self, *, stream: bool) -> ResponseDecoder:
+        return ResponseDecoder(self.stream if stream else self.response, self.finish_reasons, self.errors)
+
+    def map_error(self, status: int, body: bytes, retry_after: str | None = None) -> UpstreamStatusError:
+        return self.errors.to_exception(status, body, retry_after)
+
+    def signer(self, model: str) -> Callable[[str | None], str]:
+        """Wraps an upstream reasoning signature (or none) in the engine's honest envelope."""
+        name = self.name
+        return lambda signature: encode_signature(name, model, signature)
+
+
+def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str) -> Callable[[Any], Any]:
+    if tool_name is None:
+        return lambda name: name
+
+    def rename(name: Any) -> Any:
+        if not isinstance(name, str):
+            return name
+        if name in tool_names:
+            return tool_names[name]
+        return tool_name({"name": name, "model": model})
+
+    return rename
+
+
+# --- compiling ---------------------------------------------------------------------------------
+
+
+def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[Diagnostic]]:
+    """Compile one rule set; problems come back as diagnostics (the provider is None if any is an error)."""
+    data = rule_set.data
+    names = SCOPE_NAMES | frozenset(bound_names(data)) | frozenset(JINJA_GLOBALS) | {"name"}
+    ctx = CompileContext(rule_set, names)
+    request = data.get("request") or {}
+    missing = [key for key in ("url", "body") if key not in request]
+    for key in missing:
+        pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
+        ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
+    url = compile_template(request.get("url", ""), ("request", "url"), ctx)
+    headers = [(name.lower(), compile_template(value, ("request", "headers", name), ctx))
+               for name, value in (request.get("headers") or {}).items()]
+    body = compile_template(request.get("body", {}), ("request", "body"), ctx)
+    tool_name = (compile_template(request["tool_name"], ("request", "tool_name"), ctx)
+                 if request.get("tool_name") else None)
+    response = _compile_decoder("response", ctx)
+    stream = _compile_decoder("stream", ctx, fallback="response")
+    errors = _compile_errors(rule_set.name, data.get("errors") or {}, ctx)
+    for name in data.get("templates") or {}:
+        # templates nobody uses are still checked, so a typo in one is not found by a user first
+        named_template(name, ctx)
+    models = [(pattern, dict(row or {})) for pattern, row in (data.get("models") or {}).items()]
+    models.sort(key=lambda item: (item[0] != "*", len(item[0].replace("*", ""))))
+    provider = CompiledProvider(
+        name=rule_set.name, rule_set=rule_set, defaults=dict(data.get("defaults") or {}), models=models,
+        url=url, method=str(request.get("method", "POST")).upper(), headers=headers, body=body,
+        tool_name=tool_name, response=response, stream=stream,
+        finish_reasons={str(k): str(v) for k, v in (data.get("finish_reasons") or {}).items()},
+        errors=errors,
+    )
+    has_error = any(d.severity == "error" for d in ctx.diagnostics)
+    return (None if has_error else provider), ctx.diagnostics
+
+
+def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Selector:
+    expression = section.get(key)
+    if expression is None:
+        return _none
+    if not isinstance(expression, str):
+        ctx.report(ctx.position((*key_path, key)), DiagnosticCode.BAD_SELECTOR,
+                   f"{'.'.join(map(str, (*key_path, key)))} must be a JMESPath expression (a string)")
+        return _none
+    return compile_selector(expression, (*key_path, key), ctx)
+
+
+_PART_KEYS = ("thinking", "signature", "text", "refusal", "tool_calls")
+_CALL_KEYS = ("key", "id", "name", "arguments")
+_USAGE_KEYS = ("input", "output", "cache_read", "cache_write")
+
+
+def _compile_decoder(name: str, ctx: CompileContext, fallback: str | None = None) -> _DecoderSpec:
+    """Compile the ``name`` section; keys it does not set are taken from the ``fallback`` section."""
+    data = ctx.rule_set.data
+    sections = [s for s in (name, fallback) if s and isinstance(data.get(s), dict)]
+
+    def pick(*path: str) -> Selector:
+        for section in sections:
+            node: Any = data[section]
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and path[-1] in node:
+                return _selector(node, path[-1], (section, *path[:-1]), ctx)
+        return _none
+
+    def setting(*path: str) -> Any:
+        for section in sections:
+            node: Any = data[section]
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                return node
+        return None
+
+    parts = pick("parts") if setting("parts") is not None else (lambda chunk: (chunk,))
+    part = {key: pick("part", key) for key in _PART_KEYS}
+    call = {key: pick("tool_call", key) for key in _CALL_KEYS}
+    usage = {key: pick("usage", key) for key in _USAGE_KEYS}
+    done = setting("done")
+    return _DecoderSpec(
+        parts=parts,
+        thinking=part["thinking"], signature=part["signature"], text=part["text"],
+        refusal=part["refusal"], tool_calls=part["tool_calls"],
+        call_key=call["key"], call_id=call["id"], call_name=call["name"], call_arguments=call["arguments"],
+        whole_calls=bool(setting("tool_call", "whole")),
+        finish_reason=pick("finish_reason"),
+        usage=_UsageSelectors(usage["input"], usage["output"], usage["cache_read"], usage["cache_write"]),
+        error=pick("error"),
+        done=str(done) if done is not None else None,
+    )
+
+
+def _compile_errors(provider: str, section: dict[str, Any], ctx: CompileContext) -> ErrorMap:
+    key_path: KeyPath = ("errors",)
+    return ErrorMap(
+        provider=provider,
+        message=_selector(section, "message", key_path, ctx),
+        type=_selector(section, "type", key_path, ctx),
+        code=_selector(section, "code", key_path, ctx),
+        by_code={str(k): str(v) for k, v in (section.get("by_code") or {}).items()},
+        status={int(k): int(v) for k, v in (section.get("status") or {}).items()},
+        context_overflow=_selector(section, "context_overflow", key_path, ctx),
+    )
+
+
+def compile_rules(rule_sets: Mapping[str, RuleSet]) -> tuple[dict[str, CompiledProvider], list[Diagnostic]]:
+    """Compile every rule set; a set with errors is left out and its diagnostics returned."""
+    providers: dict[str, CompiledProvider] = {}
+    diagnostics: list[Diagnostic] = []
+    for name, rule_set in rule_sets.items():
+        provider, problems = compile_provider(rule_set)
+        diagnostics.extend(problems)
+        if provider is not None:
+            providers[name] = provider
+    return providers, diagnostics
+
+
+def require_providers(rule_sets: Mapping[str, RuleSet]) -> dict[str, CompiledProvider]:
+    """`compile_rules`, raising one `RuleError` with every diagnostic when any is an error."""
+    providers, diagnostics = compile_rules(rule_sets)
+    if any(d.severity == "error" for d in diagnostics):
+        raise RuleError(diagnostics)
+    return providers

@@ -1,0 +1,645 @@
+"""The rule language: templates built with Jinja, selectors written in JMESPath, compiled once.
+
+Everything here runs at start-up and returns plain callables; a request only calls them.
+
+* `compile_expression("{{ request.max_tokens }}")` → ``fn(scope) -> 4096``: a template string that is a
+  single ``{{ … }}`` is evaluated as an expression and keeps its native type (no text, no re-parsing).
+  Plain paths such as ``a.b.c`` skip Jinja entirely.
+* `compile_selector("choices[0].delta.content")` → ``fn(chunk) -> "Hel"``: JMESPath parsed once; plain
+  field paths become direct lookups.
+* `compile_template(node)` → ``fn(scope) -> value``: a YAML structure whose leaves are literals or
+  expressions, with the directives ``$each``, ``$if``, ``$switch``, ``$let``, ``$use``, ``$select``,
+  ``$merge`` and ``$flatten`` (docs/rules.md). A computed ``None`` drops its key or list item; a
+  literal ``null`` written in YAML stays.
+
+Problems are collected as `Diagnostic`s with the exact file, line and column, never raised one by one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jmespath
+from jinja2 import Environment, TemplateSyntaxError, Undefined, meta, nodes
+from jinja2.exceptions import TemplateAssertionError, TemplateError
+from jinja2.parser import Parser
+from jmespath import ast as jmes_ast
+from jmespath import exceptions as jmes_exceptions
+from jmespath.visitor import TreeInterpreter
+
+from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
+from ._functions import JINJA_FILTERS, JINJA_GLOBALS, JMESPATH_OPTIONS, EngineFunctions
+from ._loader import KeyPath, RuleSet, SourcePosition
+
+Scope = dict[str, Any]
+Compiled = Callable[[Scope], Any]
+Selector = Callable[[Any], Any]
+
+DIRECTIVES = ("$each", "$if", "$switch", "$let", "$use", "$select", "$merge", "$flatten")
+DIRECTIVE_KEYS: dict[str, frozenset[str]] = {
+    "$each": frozenset({"$each", "as", "do", "if"}),
+    "$if": frozenset({"$if", "then", "else"}),
+    "$switch": frozenset({"$switch", "cases", "default"}),
+    "$let": frozenset({"$let", "in"}),
+    "$use": frozenset({"$use", "with"}),
+    "$select": frozenset({"$select", "from"}),
+    "$merge": frozenset({"$merge"}),
+    "$flatten": frozenset({"$flatten"}),
+}
+
+
+class _Spread(list[Any]):
+    """A list produced by `$each` or `$flatten`: spliced into a parent list instead of nested."""
+
+
+class RuleEnvironment(Environment):
+    """Jinja, tuned for data: ``a.b`` on a dict reads the key ``b`` first (so a field named ``items``
+    or ``values`` is never shadowed by a dict method), and our filters see ``None`` for undefined."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict):
+            if attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+def _none_for_undefined(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(value: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(None if isinstance(value, Undefined) else value, *args, **kwargs)
+
+    wrapper.__name__ = getattr(fn, "__name__", "filter")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _make_environment() -> RuleEnvironment:
+    env = RuleEnvironment(autoescape=False, keep_trailing_newline=True)
+    env.filters.update({name: _none_for_undefined(fn) for name, fn in JINJA_FILTERS.items()})
+    return env
+
+
+ENVIRONMENT = _make_environment()
+_INTERPRETER = TreeInterpreter(JMESPATH_OPTIONS)
+_JMESPATH_BUILTINS = frozenset(EngineFunctions.FUNCTION_TABLE)
+
+
+@dataclass(slots=True)
+class CompileContext:
+    """What compiling one rule set needs: its data and positions, the names in scope, the problems."""
+
+    rule_set: RuleSet
+    scope_names: frozenset[str]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    named: dict[str, Compiled] = field(default_factory=dict)
+    compiling: set[str] = field(default_factory=set)
+
+    def report(self, pos: SourcePosition, code: DiagnosticCode, message: str, detail: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(pos.path, pos.line, pos.col, code, message, detail=detail))
+
+    def position(self, key_path: KeyPath) -> SourcePosition:
+        return self.rule_set.position(key_path)
+
+
+def bound_names(data: Any) -> set[str]:
+    """Every variable name a rule set binds (``as:``, ``$let``, ``with:``), for the unknown-name check."""
+    names: set[str] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "$each" in node:
+                names.add(str(node.get("as", "item")))
+            for key in ("$let", "with"):
+                if isinstance(node.get(key), dict):
+                    names.update(node[key])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+# --- expressions -------------------------------------------------------------------------------
+
+
+def is_expression(text: str) -> bool:
+    """True for a string that is exactly one ``{{ … }}`` (evaluated to a native value)."""
+    stripped = text.strip()
+    return (stripped.startswith("{{") and stripped.endswith("}}")
+            and stripped.count("{{") == 1 and "{%" not in stripped)
+
+
+def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    """Compile ``{{ expr }}`` (or a bare ``expr``) to a callable returning the native value."""
+    pos = ctx.position(key_path)
+    stripped = text.strip()
+    inner = stripped[2:-2] if stripped.startswith("{{") else stripped
+    offset = text.find(inner) if stripped.startswith("{{") else 0
+    try:
+        parser = Parser(ENVIRONMENT, inner, state="variable")
+        expr = parser.parse_expression()
+        if not parser.stream.eos:
+            raise TemplateSyntaxError("unexpected text after the expression", parser.stream.current.lineno)
+    except TemplateSyntaxError as exc:
+        _report_jinja(exc, pos, offset, text, ctx)
+        return _fail_at_runtime(pos)
+    if not _check_names(expr, pos.shifted(col_offset=offset), ctx):
+        return _fail_at_runtime(pos)
+    path = _plain_path(expr)
+    if path is not None:
+        return _path_getter(*path)
+    body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
+    try:
+        template = ENVIRONMENT.from_string(nodes.Template(body, lineno=1))
+    except TemplateError as exc:
+        _report_jinja(exc, pos, offset, text, ctx)
+        return _fail_at_runtime(pos)
+    render = template.root_render_func
+    new_context = template.new_context
+
+    def evaluate(scope: Scope) -> Any:
+        context = new_context(scope, shared=True)
+        for _ in render(context):
+            pass
+        value = context.vars.get("result")
+        return None if isinstance(value, Undefined) else value
+
+    return _guard(evaluate, pos, text)
+
+
+def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    """Compile a string that mixes text with ``{{ }}``/``{% %}``; it renders to a string."""
+    pos = ctx.position(key_path)
+    try:
+        ast = ENVIRONMENT.parse(text)
+        if not _check_names(ast, pos, ctx):
+            return _fail_at_runtime(pos)
+        template = ENVIRONMENT.from_string(text)
+    except TemplateError as exc:
+        _report_jinja(exc, pos, 0, text, ctx)
+        return _fail_at_runtime(pos)
+    render = template.render
+    return _guard(lambda scope: render(scope), pos, text)
+
+
+def _plain_path(expr: nodes.Expr) -> tuple[str, tuple[str | int, ...]] | None:
+    """``a.b[0].c`` as ("a", ("b", 0, "c")); None for anything that is not a plain path."""
+    parts: list[str | int] = []
+    node = expr
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str | int) and not isinstance(node.arg.value, bool):
+            parts.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name):
+            return node.name, tuple(reversed(parts))
+        else:
+            return None
+
+
+def _path_getter(name: str, parts: tuple[str | int, ...]) -> Compiled:
+    def get(scope: Scope) -> Any:
+        value = scope.get(name)
+        for part in parts:
+            if isinstance(value, dict):
+                value = value.get(part) if isinstance(part, str) else None
+            elif isinstance(value, list) and isinstance(part, int):
+                value = value[part] if -len(value) <= part < len(value) else None
+            else:
+                return None
+        return value
+
+    return get
+
+
+def _check_names(ast: nodes.Node, pos: SourcePosition, ctx: CompileContext) -> bool:
+    """Report variables that nothing defines; Jinja would silently treat them as undefined."""
+    if isinstance(ast, nodes.Template):
+        unknown = meta.find_undeclared_variables(ast) - ctx.scope_names
+    else:
+        unknown = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - ctx.scope_names
+    for name in sorted(unknown):
+        hint = difflib.get_close_matches(name, sorted(ctx.scope_names), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        ctx.report(pos, DiagnosticCode.BAD_TEMPLATE, f"unknown variable '{name}'{suggestion}")
+    return not unknown
+
+
+def _report_jinja(exc: TemplateError, pos: SourcePosition, offset: int, text: str,
+                  ctx: CompileContext) -> None:
+    message = str(exc.message if hasattr(exc, "message") and exc.message else exc)
+    code = DiagnosticCode.BAD_TEMPLATE
+    if isinstance(exc, TemplateAssertionError) and "No filter named" in message:
+        code = DiagnosticCode.UNKNOWN_FILTER
+        name = message.split("'")[1] if "'" in message else ""
+        hint = difflib.get_close_matches(name, sorted(ENVIRONMENT.filters), n=1)
+        message = f"unknown filter '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    lineno = getattr(exc, "lineno", 1) or 1
+    where = pos.shifted(line_offset=lineno - 1, col_offset=offset if lineno == 1 else 0)
+    ctx.report(where, code, message, detail=f"  {text.strip()}")
+
+
+def _fail_at_runtime(pos: SourcePosition) -> Compiled:
+    """Stand-in for a fragment that did not compile; `serve` refuses to start before it can run."""
+
+    def fail(scope: Scope) -> Any:
+        raise RuleRuntimeError(f"rule at {pos.path}:{pos.line}:{pos.col} did not compile")
+
+    return fail
+
+
+def _guard(fn: Compiled, pos: SourcePosition, text: str) -> Compiled:
+    """Turn an exception inside a rule into a `RuleRuntimeError` naming the rule's position."""
+
+    def guarded(scope: Scope) -> Any:
+        try:
+            return fn(scope)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise RuleRuntimeError(
+                f"rule {pos.path}:{pos.line}:{pos.col} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return guarded
+
+
+# --- selectors ---------------------------------------------------------------------------------
+
+
+def compile_selector(expression: str, key_path: KeyPath, ctx: CompileContext) -> Selector:
+    """Compile a JMESPath selector once. ``choices[0].delta.content`` → a function of the chunk."""
+    pos = ctx.position(key_path)
+    try:
+        parsed = jmespath.compile(expression)
+    except jmes_exceptions.ParseError as exc:
+        column = exc.lex_position if isinstance(exc.lex_position, int) else 0
+        where = pos.shifted(col_offset=column)
+        caret = f"  {expression}\n  {' ' * column}^"
+        ctx.report(where, DiagnosticCode.BAD_SELECTOR, f"invalid JMESPath: {exc.msg}", detail=caret)
+        return lambda data: None
+    except jmes_exceptions.JMESPathError as exc:
+        ctx.report(pos, DiagnosticCode.BAD_SELECTOR, f"invalid JMESPath: {exc}")
+        return lambda data: None
+    tree = parsed.parsed
+    if not _check_functions(tree, expression, pos, ctx):
+        return lambda data: None
+    fields = _field_path(tree)
+    if fields is not None:
+        return _field_getter(fields)
+    if tree["type"] == "multi_select_list":
+        paths = [_field_path(child) for child in tree["children"]]
+        if all(path is not None for path in paths):
+            getters = [_field_getter(path) for path in paths if path is not None]
+            return lambda data: None if data is None else [get(data) for get in getters]
+    visit = _INTERPRETER.visit
+
+    def select(data: Any) -> Any:
+        try:
+            return visit(tree, data)
+        except jmes_exceptions.JMESPathError as exc:
+            raise RuleRuntimeError(f"selector {pos.path}:{pos.line}:{pos.col} failed: {exc}") from exc
+
+    return select
+
+
+def _check_functions(tree: dict[str, Any], expression: str, pos: SourcePosition, ctx: CompileContext) -> bool:
+    """JMESPath checks function names only when it runs; check them (and arity) now."""
+    ok = True
+    for node in _walk_jmespath(tree):
+        if node["type"] != "function_expression":
+            continue
+        name = node["value"]
+        if name not in _JMESPATH_BUILTINS:
+            hint = difflib.get_close_matches(name, sorted(_JMESPATH_BUILTINS), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            column = max(expression.find(name + "("), 0)
+            ctx.report(pos.shifted(col_offset=column), DiagnosticCode.UNKNOWN_FUNCTION,
+                       f"unknown function '{name}'{suggestion}")
+            ok = False
+            continue
+        signature = EngineFunctions.FUNCTION_TABLE[name]["signature"]
+        count = len(node["children"])
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if count < len(signature) or (count > len(signature) and not variadic):
+            ctx.report(pos, DiagnosticCode.BAD_SELECTOR,
+                       f"function '{name}' takes {len(signature)} argument(s), got {count}")
+            ok = False
+    return ok
+
+
+def _walk_jmespath(node: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for child in node.get("children", []):
+            yield from _walk_jmespath(child)
+
+
+def _field_path(tree: dict[str, Any]) -> tuple[str | int, ...] | None:
+    """``a.b[0].c`` → ("a", "b", 0, "c"); None when the selector is not a plain path."""
+    kind = tree["type"]
+    if kind == "field":
+        return (tree["value"],)
+    if kind == "subexpression":
+        path: tuple[str | int, ...] = ()
+        for child in tree["children"]:
+            part = _field_path(child)
+            if part is None:
+                return None
+            path += part
+        return path
+    if kind == "index_expression":
+        left_node, right_node = tree["children"]
+        left = _field_path(left_node) if left_node["type"] != "identity" else ()
+        if left is None or right_node["type"] != "index":
+            return None
+        return (*left, right_node["value"])
+    return None
+
+
+def _field_getter(fields: tuple[str | int, ...]) -> Selector:
+    if len(fields) == 1 and isinstance(fields[0], str):
+        only = fields[0]
+        return lambda data: data.get(only) if isinstance(data, dict) else None
+
+    def get(data: Any) -> Any:
+        for part in fields:
+            if isinstance(part, str):
+                if not isinstance(data, dict):
+                    return None
+                data = data.get(part)
+            else:
+                if not isinstance(data, list) or not -len(data) <= part < len(data):
+                    return None
+                data = data[part]
+        return data
+
+    return get
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def compile_template(node: Any, key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    """Compile a template node (see the module docstring) into ``fn(scope) -> value``."""
+    if isinstance(node, str):
+        if is_expression(node):
+            return compile_expression(node, key_path, ctx)
+        if "{{" in node or "{%" in node:
+            return compile_text(node, key_path, ctx)
+        return lambda scope: node
+    if isinstance(node, list):
+        return _compile_list(node, key_path, ctx)
+    if isinstance(node, dict):
+        directive = next((key for key in node if key.startswith("$")), None)
+        if directive is not None:
+            return _compile_directive(directive, node, key_path, ctx)
+        return _compile_mapping(node, key_path, ctx)
+    return lambda scope: node
+
+
+def _compile_mapping(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    entries = [(key, compile_template(value, (*key_path, key), ctx), value is None)
+               for key, value in node.items()]
+
+    def build(scope: Scope) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, fn, keep_null in entries:
+            value = fn(scope)
+            if value is not None or keep_null:
+                out[key] = list(value) if isinstance(value, _Spread) else value
+        return out
+
+    return build
+
+
+def _compile_list(node: list[Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    items = [(compile_template(value, (*key_path, index), ctx), value is None)
+             for index, value in enumerate(node)]
+
+    def build(scope: Scope) -> list[Any]:
+        out: list[Any] = []
+        for fn, keep_null in items:
+            value = fn(scope)
+            if isinstance(value, _Spread):
+                out.extend(value)
+            elif value is not None or keep_null:
+                out.append(value)
+        return out
+
+    return build
+
+
+def _compile_directive(directive: str, node: dict[str, Any], key_path: KeyPath,
+                       ctx: CompileContext) -> Compiled:
+    if directive not in DIRECTIVE_KEYS:
+        hint = difflib.get_close_matches(directive, DIRECTIVES, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(DIRECTIVES)}"
+        ctx.report(ctx.rule_set.key_position((*key_path, directive)), DiagnosticCode.BAD_DIRECTIVE,
+                   f"unknown directive '{directive}'{suggestion}")
+        return lambda scope: None
+    extra = set(node) - DIRECTIVE_KEYS[directive]
+    for key in sorted(extra):
+        ctx.report(ctx.rule_set.key_position((*key_path, key)), DiagnosticCode.BAD_DIRECTIVE,
+                   f"'{key}' is not a key of {directive} (allowed: {', '.join(sorted(DIRECTIVE_KEYS[directive]))})")
+    builder = _DIRECTIVE_BUILDERS[directive]
+    return builder(node, key_path, ctx)
+
+
+def _value(node: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    """Compile a directive argument that computes a value: an expression, or a nested template."""
+    value = node.get(key)
+    if isinstance(value, str) and (is_expression(value) or "{" not in value):
+        # a bare expression is allowed where a value is expected: `$each: request.tools`
+        return compile_expression(value, (*key_path, key), ctx)
+    return compile_template(value, (*key_path, key), ctx)
+
+
+def _each(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    source = _value(node, "$each", key_path, ctx)
+    name = str(node.get("as", "item"))
+    body = compile_template(node.get("do", "{{ %s }}" % name), (*key_path, "do"), ctx)
+    condition = _value(node, "if", key_path, ctx) if "if" in node else None
+
+    def build(scope: Scope) -> _Spread:
+        out = _Spread()
+        items = source(scope)
+        if not items:
+            return out
+        if isinstance(items, dict):
+            items = [{"key": k, "value": v} for k, v in items.items()]
+        child = dict(scope)
+        for item in items:
+            child[name] = item
+            if condition is not None and not condition(child):
+                continue
+            value = body(child)
+            if isinstance(value, _Spread):
+                out.extend(value)
+            elif value is not None:
+                out.append(value)
+        return out
+
+    return build
+
+
+def _if(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    test = _value(node, "$if", key_path, ctx)
+    then = compile_template(node.get("then"), (*key_path, "then"), ctx)
+    otherwise = compile_template(node.get("else"), (*key_path, "else"), ctx)
+    return lambda scope: then(scope) if test(scope) else otherwise(scope)
+
+
+def _switch(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    subject = _value(node, "$switch", key_path, ctx)
+    cases_node = node.get("cases") or {}
+    if not isinstance(cases_node, dict):
+        ctx.report(ctx.position((*key_path, "cases")), DiagnosticCode.BAD_DIRECTIVE,
+                   "$switch 'cases' must be a mapping of value → template")
+        cases_node = {}
+    cases = {key: compile_template(value, (*key_path, "cases", key), ctx) for key, value in cases_node.items()}
+    default = compile_template(node.get("default"), (*key_path, "default"), ctx)
+
+    def build(scope: Scope) -> Any:
+        value = subject(scope)
+        key = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+        branch = cases.get(key, default)
+        return branch(scope)
+
+    return build
+
+
+def _let(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    bindings_node = node.get("$let") or {}
+    if not isinstance(bindings_node, dict):
+        ctx.report(ctx.position((*key_path, "$let")), DiagnosticCode.BAD_DIRECTIVE,
+                   "$let must be a mapping of name → value")
+        bindings_node = {}
+    bindings = [(name, compile_template(value, (*key_path, "$let", name), ctx))
+                for name, value in bindings_node.items()]
+    body = compile_template(node.get("in"), (*key_path, "in"), ctx)
+
+    def build(scope: Scope) -> Any:
+        child = dict(scope)
+        for name, fn in bindings:
+            value = fn(child)
+            child[name] = list(value) if isinstance(value, _Spread) else value
+        return body(child)
+
+    return build
+
+
+def _use(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    name = node.get("$use")
+    templates = ctx.rule_set.data.get("templates") or {}
+    if not isinstance(name, str) or name not in templates:
+        hint = difflib.get_close_matches(str(name), sorted(templates), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        ctx.report(ctx.position((*key_path, "$use")), DiagnosticCode.UNKNOWN_TEMPLATE,
+                   f"unknown template '{name}'{suggestion}")
+        return lambda scope: None
+    target = named_template(name, ctx)
+    arguments = node.get("with") or {}
+    bindings = [(arg, compile_template(value, (*key_path, "with", arg), ctx)) for arg, value in arguments.items()]
+
+    def build(scope: Scope) -> Any:
+        if not bindings:
+            return target(scope)
+        child = dict(scope)
+        for arg, fn in bindings:
+            value = fn(scope)
+            child[arg] = list(value) if isinstance(value, _Spread) else value
+        return target(child)
+
+    return build
+
+
+def named_template(name: str, ctx: CompileContext) -> Compiled:
+    """Compile `templates.<name>` once (recursion allowed: the lookup is late-bound)."""
+    if name in ctx.named:
+        return ctx.named[name]
+    if name in ctx.compiling:
+        return lambda scope: ctx.named[name](scope)
+    ctx.compiling.add(name)
+    compiled = compile_template(ctx.rule_set.data["templates"][name], ("templates", name), ctx)
+    ctx.named[name] = compiled
+    ctx.compiling.discard(name)
+    return compiled
+
+
+def _select(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    expression = node.get("$select")
+    if not isinstance(expression, str):
+        ctx.report(ctx.position((*key_path, "$select")), DiagnosticCode.BAD_SELECTOR,
+                   "$select needs a JMESPath expression")
+        return lambda scope: None
+    selector = compile_selector(expression, (*key_path, "$select"), ctx)
+    if "from" not in node:
+        return selector
+    source = _value(node, "from", key_path, ctx)
+    return lambda scope: selector(source(scope))
+
+
+def _merge(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    parts_node = node.get("$merge")
+    if not isinstance(parts_node, list):
+        ctx.report(ctx.position((*key_path, "$merge")), DiagnosticCode.BAD_DIRECTIVE,
+                   "$merge needs a list of mappings")
+        return lambda scope: None
+    parts = [compile_template(part, (*key_path, "$merge", i), ctx) for i, part in enumerate(parts_node)]
+
+    def build(scope: Scope) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fn in parts:
+            value = fn(scope)
+            if isinstance(value, dict):
+                out.update((k, v) for k, v in value.items() if v is not None)
+        return out
+
+    return build
+
+
+def _flatten(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    inner = compile_template(node.get("$flatten"), (*key_path, "$flatten"), ctx)
+
+    def build(scope: Scope) -> _Spread:
+        out = _Spread()
+        for value in inner(scope) or ():
+            if isinstance(value, list):
+                out.extend(value)
+            elif value is not None:
+                out.append(value)
+        return out
+
+    return build
+
+
+_DIRECTIVE_BUILDERS: dict[str, Callable[[dict[str, Any], KeyPath, CompileContext], Compiled]] = {
+    "$each": _each,
+    "$if": _if,
+    "$switch": _switch,
+    "$let": _let,
+    "$use": _use,
+    "$select": _select,
+    "$merge": _merge,
+    "$flatten": _flatten,
+}
+
+__all__ = [
+    "ENVIRONMENT",
+    "CompileContext",
+    "Compiled",
+    "Scope",
+    "Selector",
+    "bound_names",
+    "compile_expression",
+    "compile_selector",
+    "compile_template",
+    "named_template",
+]

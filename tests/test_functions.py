@@ -1,0 +1,470 @@
+"""The function library: each function's behaviour, and every documented example on every side."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jmespath
+import orjson
+import pytest
+from ccproxy_engine._functions import (
+    CATEGORIES,
+    FUNCTIONS,
+    ID_LENGTH,
+    JINJA_FILTERS,
+    JINJA_GLOBALS,
+    JMESPATH_OPTIONS,
+    EngineFunctions,
+    FunctionDoc,
+    blocks,
+    data_url,
+    decode_signature,
+    deterministic_ids,
+    effort_from_budget,
+    encode_signature,
+    is_engine_signature,
+    json_decode,
+    json_encode,
+    new_id,
+    render_reference_markdown,
+    set_id_source,
+    short_name,
+    strip_keys,
+    text_of,
+)
+from jmespath import exceptions as jp_exceptions
+from jmespath import functions as jp_functions
+
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
+BASE62 = re.compile(r"[0-9A-Za-z]+")
+VALID_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def search(expression: str, data: Any = None) -> Any:
+    return jmespath.compile(expression).search(data, options=JMESPATH_OPTIONS)
+
+
+@pytest.fixture
+def jinja_env() -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters.update(JINJA_FILTERS)
+    env.globals.update(JINJA_GLOBALS)
+    return env
+
+
+def render(env: jinja2.Environment, expression: str, **scope: Any) -> Any:
+    return env.compile_expression(expression)(**scope)
+
+
+# -- the registry and the documented examples ------------------------------------------------------
+
+
+def example_cases() -> list[tuple[str, str, FunctionDoc, int]]:
+    cases = []
+    for doc in FUNCTIONS.values():
+        for i, _ in enumerate(doc.examples):
+            if doc.in_jmespath:
+                cases.append((f"{doc.name}[{i}]-jmespath", "jmespath", doc, i))
+            if doc.in_jinja:
+                cases.append((f"{doc.name}[{i}]-jinja", "jinja", doc, i))
+    return cases
+
+
+@pytest.mark.parametrize(("side", "doc", "index"), [c[1:] for c in example_cases()],
+                         ids=[c[0] for c in example_cases()])
+def test_every_documented_example_holds(side: str, doc: FunctionDoc, index: int,
+                                        jinja_env: jinja2.Environment) -> None:
+    example = doc.examples[index]
+    with deterministic_ids():
+        if side == "jmespath":
+            result = search(doc.jmespath_expression(example))
+        else:
+            result = render(jinja_env, doc.jinja_expression(example))
+    assert result == example.output
+    assert type(result) is type(example.output)
+
+
+def test_registry_matches_what_is_installed() -> None:
+    builtins = set(jp_functions.Functions.FUNCTION_TABLE)
+    custom = set(EngineFunctions.FUNCTION_TABLE) - builtins
+    assert {name for name, doc in FUNCTIONS.items() if doc.in_jmespath} == custom
+    jinja_docs = {name: doc.jinja_form for name, doc in FUNCTIONS.items() if doc.in_jinja}
+    assert {n for n, form in jinja_docs.items() if form == "filter"} == set(JINJA_FILTERS)
+    assert {n for n, form in jinja_docs.items() if form == "global"} == set(JINJA_GLOBALS)
+
+
+def test_no_engine_function_shadows_a_builtin() -> None:
+    for name in jp_functions.Functions.FUNCTION_TABLE:
+        assert EngineFunctions.FUNCTION_TABLE[name]["function"] is \
+            jp_functions.Functions.FUNCTION_TABLE[name]["function"]
+
+
+def test_every_doc_is_complete() -> None:
+    for doc in FUNCTIONS.values():
+        assert doc.category in CATEGORIES
+        assert doc.examples, doc.name
+        assert doc.description.endswith("."), doc.name
+        assert doc.signature.startswith(f"{doc.name}(")
+        for example in doc.examples:
+            assert doc.min_args <= len(example.args) <= doc.max_args, doc.name
+
+
+@pytest.mark.parametrize("name", [n for n, d in FUNCTIONS.items() if d.in_jmespath])
+def test_jmespath_arity_follows_the_documented_parameters(name: str) -> None:
+    doc = FUNCTIONS[name]
+    too_few = ", ".join(["'x'"] * (doc.min_args - 1))
+    too_many = ", ".join(["'x'"] * (doc.max_args + 1))
+    if doc.min_args:
+        with pytest.raises(jp_exceptions.ArityError):
+            search(f"{name}({too_few})")
+    with pytest.raises((jp_exceptions.ArityError, jp_exceptions.JMESPathTypeError)):
+        search(f"{name}({too_many})")
+
+
+def test_reference_shows_every_example_by_category() -> None:
+    markdown = render_reference_markdown()
+    headings = [line[4:] for line in markdown.splitlines() if line.startswith("### ")]
+    assert headings == list(CATEGORIES)
+    for doc in FUNCTIONS.values():
+        section = markdown.split(f"#### `{doc.name}`\n", 1)[1].split("\n#### ", 1)[0]
+        assert doc.signature in section
+        assert doc.description in section
+        for example in doc.examples:
+            if doc.in_jmespath:
+                assert f"# In:  {doc.jmespath_expression(example)}\n" in section
+            if doc.in_jinja:
+                assert f"# In:  {{{{ {doc.jinja_expression(example)} }}}}\n" in section
+            assert f"# Out: {json_encode(example.output)}\n" in section
+
+
+def test_reference_escapes_pipes_in_parameter_tables() -> None:
+    lines = render_reference_markdown().splitlines()
+    row = next(line for line in lines if line.startswith("| `budget_tokens`"))
+    assert row.count(" | ") == 3
+    assert "number \\| null" in row
+
+
+# -- JSON ------------------------------------------------------------------------------------------
+
+
+def test_json_encode_is_compact_keeps_non_ascii_and_key_order() -> None:
+    assert json_encode({"z": 1, "a": "é"}) == '{"z":1,"a":"é"}'
+    assert search("json_encode(@)", {"z": [1, 2], "a": None}) == '{"z":[1,2],"a":null}'
+
+
+def test_json_encode_differs_from_builtin_to_string() -> None:
+    assert search("to_string(@)", "x") == "x"
+    assert search("json_encode(@)", "x") == '"x"'
+
+
+@pytest.mark.parametrize("text", ["", "{", "{'a': 1}", "nul", '{"a": 1} trailing', "NaN"])
+def test_json_decode_invalid_gives_none(text: str) -> None:
+    assert json_decode(text) is None
+    assert search("json_decode(@)", text) is None
+
+
+def test_json_decode_non_text_gives_none() -> None:
+    assert json_decode(None) is None
+    assert json_decode(12) is None
+    with pytest.raises(jp_exceptions.JMESPathTypeError):
+        search("json_decode(@)", 12)
+
+
+def test_json_decode_round_trips() -> None:
+    value = {"path": "ü/ß", "n": [1, 2.5, True, None]}
+    assert json_decode(json_encode(value)) == value
+    assert json_decode(b'{"a": 1}') == {"a": 1}
+
+
+# -- ids -------------------------------------------------------------------------------------------
+
+
+def test_new_id_is_prefix_plus_24_base62() -> None:
+    ids = {new_id("toolu_") for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        assert value.startswith("toolu_")
+        assert len(value) == len("toolu_") + ID_LENGTH
+        assert BASE62.fullmatch(value[len("toolu_"):])
+
+
+def test_new_id_uses_every_base62_character() -> None:
+    chars = set("".join(new_id("")[:ID_LENGTH] for _ in range(500)))
+    assert len(chars) == 62
+
+
+def test_deterministic_ids_count_and_restore() -> None:
+    with deterministic_ids():
+        assert new_id("toolu_") == "toolu_000000000000000000000001"
+        assert search("new_id('msg_')") == "msg_000000000000000000000002"
+        with deterministic_ids():
+            assert new_id("x") == "x000000000000000000000001"
+        assert new_id("x") == "x000000000000000000000003"
+    assert new_id("x") != "x000000000000000000000004"
+
+
+def test_set_id_source_injects_and_none_restores() -> None:
+    set_id_source(lambda n: "A" * n)
+    try:
+        assert new_id("p_") == "p_" + "A" * 24
+    finally:
+        set_id_source(None)
+    assert new_id("p_") != "p_" + "A" * 24
+
+
+# -- short_name ------------------------------------------------------------------------------------
+
+
+def test_short_name_keeps_valid_names_unchanged() -> None:
+    for name in ("Read", "mcp__github__create_issue", "a-b_c", "x" * 64):
+        assert short_name(name) == name
+
+
+def test_short_name_of_80_char_mcp_name() -> None:
+    name = "mcp__" + "very-long-server-name__" + "a_tool_with_a_really_quite_long_descriptive_name_x"
+    name = name.ljust(80, "z")
+    assert len(name) == 80
+    short = short_name(name)
+    assert len(short) == 64
+    assert VALID_NAME.fullmatch(short)
+    assert short == name[:55] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    assert short_name(name) == short
+    other = name[:-1] + "y"
+    assert short_name(other) != short
+    assert short_name(other)[:55] == short[:55]
+
+
+def test_short_name_replaces_invalid_characters() -> None:
+    assert short_name("mcp__srv__do.thing/now") == "mcp__srv__do_thing_now"
+    assert short_name("héllo wörld") == "h_llo_w_rld"
+    assert short_name("") == "_"
+
+
+def test_short_name_hashes_the_original_not_the_cleaned_name() -> None:
+    a, b = "a." + "x" * 70, "a/" + "x" * 70
+    assert short_name(a) != short_name(b)
+    assert len(short_name(a)) == 64
+
+
+def test_short_name_max_len() -> None:
+    name = "n" * 50
+    assert short_name(name, 40) == "n" * 31 + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    assert search("short_name(@, `40`)", name) == short_name(name, 40)
+    with pytest.raises(ValueError, match="at least 10"):
+        short_name(name, 9)
+
+
+def test_short_name_jmespath_checks_the_optional_argument() -> None:
+    with pytest.raises(jp_exceptions.JMESPathTypeError):
+        search("short_name('a', 'b')")
+    with pytest.raises(jp_exceptions.ArityError):
+        search("short_name('a', `64`, `1`)")
+
+
+# -- content ---------------------------------------------------------------------------------------
+
+
+def test_text_of_keeps_only_text_blocks() -> None:
+    content = [
+        {"type": "text", "text": "a"},
+        {"type": "thinking", "thinking": "secret", "signature": "s"},
+        {"type": "image", "source": {"type": "url", "url": "u"}},
+        {"type": "tool_result", "tool_use_id": "t", "content": "nested"},
+        {"type": "text", "text": "b"},
+        "not a block",
+        {"type": "text"},
+    ]
+    assert text_of(content) == "a\nb"
+    assert text_of(content, "") == "ab"
+    assert search("text_of(@, '')", content) == "ab"
+    assert text_of([]) == ""
+    assert text_of(None) == ""
+    assert text_of("as is\n") == "as is\n"
+
+
+def test_text_of_in_a_jinja_template(jinja_env: jinja2.Environment) -> None:
+    message = {"content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}
+    assert render(jinja_env, "message.content | text_of(' + ')", message=message) == "x + y"
+
+
+def test_blocks_normalises_content(jinja_env: jinja2.Environment) -> None:
+    listed = [{"type": "image", "source": {}}]
+    assert blocks(listed) is listed
+    assert blocks("s") == [{"type": "text", "text": "s"}]
+    assert blocks("") == []
+    assert blocks(None) == []
+    template = "content | blocks | selectattr('type', 'eq', 'text') | map(attribute='text') | join(',')"
+    assert render(jinja_env, template, content="hi") == "hi"
+
+
+def test_data_url() -> None:
+    assert data_url({"type": "base64", "media_type": "application/pdf", "data": "JVBE"}) == \
+        "data:application/pdf;base64,JVBE"
+    assert data_url({"type": "url", "url": "https://x/y.pdf"}) == "https://x/y.pdf"
+    assert data_url({"type": "base64", "data": "JVBE"}) is None
+    assert data_url({"type": "text", "media_type": "text/plain", "data": "hi"}) is None
+    assert data_url(None) is None
+
+
+# -- reasoning -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("budget", "effort"), [
+    (0, "low"), (1024, "low"), (4095, "low"), (4096, "medium"), (16383, "medium"),
+    (16384, "high"), (128000, "high"), (5000.5, "medium"), (None, None), (True, None), ("1024", None),
+])
+def test_effort_from_budget_buckets(budget: Any, effort: str | None) -> None:
+    assert effort_from_budget(budget) == effort
+
+
+def test_effort_from_budget_in_selector() -> None:
+    body = {"thinking": {"type": "enabled", "budget_tokens": 20000}}
+    assert search("effort_from_budget(thinking.budget_tokens)", body) == "high"
+    assert search("effort_from_budget(thinking.budget_tokens)", {}) is None
+
+
+def test_signature_envelope_round_trip() -> None:
+    data = {"thoughtSignature": "Cs0BAVSoXO8+/=", "tool_use_id": "toolu_1", "list": [1, None]}
+    signature = encode_signature("gemini", "gemini-3-pro", data)
+    assert signature.startswith("ccpx1.")
+    assert "=" not in signature
+    assert re.fullmatch(r"ccpx1\.[A-Za-z0-9_-]+", signature)
+    assert is_engine_signature(signature)
+    assert decode_signature(signature, "gemini") == data
+    assert search("decode_signature(@, 'gemini')", signature) == data
+
+
+def test_signature_envelope_may_carry_null_data() -> None:
+    signature = encode_signature("deepseek", None, None)
+    assert is_engine_signature(signature)
+    assert decode_signature(signature, "deepseek") is None
+
+
+def test_decode_signature_rejects_other_provider() -> None:
+    signature = encode_signature("gemini", "gemini-2.5-pro", "sig")
+    assert decode_signature(signature, "openrouter") is None
+    assert decode_signature(signature, "Gemini") is None
+
+
+@pytest.mark.parametrize("signature", [
+    # shape of a genuine Anthropic signature: standard base64 with padding
+    "ErUBCkYIBRgCIkDkWmUoM3JzRxF7r1vP8mZy3u4N2m1hEMnXgFk8iM0nR0qPz7y3x2r1w0vU5tS4Q==",
+    "mocksig_3f2a9c",
+    "",
+    "ccpx1.",
+    "ccpx1.!!!",
+    "ccpx1.e",
+    "ccpx1." + "eyJwIjoiZ2VtaW5pIn0",  # {"p":"gemini"}: no data key
+    "ccpx1.WzEsMl0",  # [1,2]: not an object
+    "ccpx1.bm90IGpzb24",  # "not json"
+    "ccpx2." + encode_signature("gemini", "m", "d")[6:],
+    "xccpx1." + encode_signature("gemini", "m", "d")[6:],
+])
+def test_decode_signature_rejects_garbage(signature: str) -> None:
+    assert decode_signature(signature, "gemini") is None
+    assert not is_engine_signature(signature)
+
+
+def test_signature_functions_take_any_input_without_raising() -> None:
+    assert decode_signature(None, "gemini") is None
+    assert not is_engine_signature(None)
+    assert not is_engine_signature({"p": "gemini"})
+    assert search("decode_signature(sig, 'gemini')", {}) is None
+
+
+# -- strip_keys ------------------------------------------------------------------------------------
+
+DEFAULT = {"format": "kept", "additionalProperties": 1}  # data, not schema: never stripped
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "format": {"type": "string", "format": "date-time"},
+        "additionalProperties": {"type": "object", "additionalProperties": {"type": "string"}},
+        "properties": {
+            "type": "object",
+            "properties": {"$schema": {"type": "string", "format": "uri"}},
+            "additionalProperties": False,
+        },
+        "items": {
+            "type": "array",
+            "items": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]},
+        },
+        "mode": {"type": "string", "enum": ["a"], "default": DEFAULT},
+    },
+    "patternProperties": {"^format$": {"type": "string", "format": "email"}},
+    "$defs": {"format": {"type": "object", "additionalProperties": True}},
+    "required": ["format", "additionalProperties"],
+}
+
+
+def test_strip_keys_keeps_property_names_that_look_like_keywords() -> None:
+    out = strip_keys(SCHEMA, ["$schema", "additionalProperties", "format"])
+    assert out == {
+        "type": "object",
+        "properties": {
+            "format": {"type": "string"},
+            "additionalProperties": {"type": "object"},
+            "properties": {"type": "object", "properties": {"$schema": {"type": "string"}}},
+            "items": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+            "mode": {"type": "string", "enum": ["a"], "default": DEFAULT},
+        },
+        "patternProperties": {"^format$": {"type": "string"}},
+        "$defs": {"format": {"type": "object"}},
+        "required": ["format", "additionalProperties"],
+    }
+
+
+def test_strip_keys_removes_a_name_map_keyword_itself() -> None:
+    assert strip_keys(SCHEMA, ["properties", "patternProperties", "$defs"]).keys() == {
+        "$schema", "type", "additionalProperties", "required"}
+
+
+def test_strip_keys_never_mutates_and_returns_new_objects() -> None:
+    original = copy.deepcopy(SCHEMA)
+    out = strip_keys(SCHEMA, ["nothing-matches"])
+    assert original == SCHEMA
+    assert out == SCHEMA
+    assert out is not SCHEMA
+    assert out["properties"] is not SCHEMA["properties"]
+    assert out["properties"]["mode"]["default"] is not SCHEMA["properties"]["mode"]["default"]
+    assert out["required"] is not SCHEMA["required"]
+
+
+def test_strip_keys_on_plain_values_and_lists() -> None:
+    assert strip_keys("x", ["a"]) == "x"
+    assert strip_keys([{"a": 1, "b": {"a": 2}}], ["a"]) == [{"b": {}}]
+    with pytest.raises(TypeError):
+        strip_keys({"a": 1}, "a")
+
+
+def test_strip_keys_sides_agree(jinja_env: jinja2.Environment) -> None:
+    keys = ["additionalProperties", "$schema"]
+    expected = strip_keys(SCHEMA, keys)
+    assert search("strip_keys(schema, keys)", {"schema": SCHEMA, "keys": keys}) == expected
+    assert render(jinja_env, "schema | strip_keys(keys)", schema=SCHEMA, keys=keys) == expected
+    with pytest.raises(jp_exceptions.JMESPathTypeError):
+        search("strip_keys(@, `[1]`)", SCHEMA)
+
+
+def test_strip_keys_is_fast_on_claude_code_tools() -> None:
+    paths = sorted(FIXTURES.glob("*/001.json"))
+    tools = [t for p in paths for t in orjson.loads(p.read_bytes())["body"].get("tools", [])]
+    assert len(tools) > 40
+    keys = ["$schema", "additionalProperties", "propertyNames", "exclusiveMinimum"]
+    start = time.perf_counter()
+    for _ in range(10):
+        for tool in tools:
+            strip_keys(tool["input_schema"], keys)
+    per_pass = (time.perf_counter() - start) / 10
+    assert per_pass < 0.005
+    cleaned = [strip_keys(t["input_schema"], keys) for t in tools]
+    assert "additionalProperties" not in json_encode(cleaned)
+    assert "$schema" not in json_encode(cleaned)
