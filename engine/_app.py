@@ -85,12 +85,27 @@ class Engine:
     messages_schema: RequestValidator
     count_schema: RequestValidator
 
-    def target(self, target: RouteTarget) -> tuple[ProviderSettings, CompiledProvider]:
+    scopes: dict[str, dict[str, Any]]
+    """Per configured provider: what its templates see as `provider` (config merged over rule defaults)."""
+
+    def target(self, target: RouteTarget) -> tuple[ProviderSettings, CompiledProvider, dict[str, Any]]:
         settings = self.settings.providers.get(target.provider)
         provider = self.providers.get(settings.rules) if settings else None
         if settings is None or provider is None:
             raise NotFoundError(f"provider '{target.provider}' is not configured")
-        return settings, provider
+        return settings, provider, self.scopes[target.provider]
+
+
+def provider_scope(settings: ProviderSettings, provider: CompiledProvider,
+                   env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `provider` variable of a provider's templates: config values, else the rule's defaults."""
+    base_url = settings.base_url or provider.default("base_url", env) or ""
+    return {
+        "name": settings.name,
+        "base_url": base_url.rstrip("/"),
+        "api_key": settings.api_key or provider.default("api_key", env),
+        "headers": {**(provider.default("headers", env) or {}), **settings.headers},
+    }
 
 
 def _engine(request: Request[Any, Any, Any]) -> Engine:
@@ -121,10 +136,10 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     engine.messages_schema.check(body)
     route = engine.router.route(body)
     target = route.primary
-    settings, provider = engine.target(target)
+    settings, provider, scope = engine.target(target)
     is_streaming = bool(body.get("stream"))
     estimate = asyncio.ensure_future(_count(engine.tokens, body)) if is_streaming else None
-    prepared = provider.build_request(body, model=target.model, provider=settings.as_scope(),
+    prepared = provider.build_request(body, model=target.model, provider=scope,
                                       stream=is_streaming)
     upstream_request = UpstreamRequest(
         provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
@@ -358,8 +373,10 @@ def create_app(settings: Settings, providers: Mapping[str, CompiledProvider], *,
                upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
                max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
     """The ASGI app for `settings` and compiled `providers` (see `load_engine` for building both)."""
+    scopes = {name: provider_scope(item, providers[item.rules])
+              for name, item in settings.providers.items() if item.rules in providers}
     engine = Engine(
-        settings=settings, providers=providers, router=Router(settings),
+        settings=settings, providers=providers, router=Router(settings), scopes=scopes,
         upstream=upstream or UpstreamClient(), tokens=tokens or TokenCounter(),
         messages_schema=RequestValidator("anthropic.messages.schema.json"),
         count_schema=RequestValidator("anthropic.count_tokens.schema.json"),

@@ -153,14 +153,15 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
-    """One enabled upstream. ``base_url`` None means the rule set's own default."""
+    """One enabled upstream. ``base_url`` None means the rule set's own default; ``headers`` are extra
+    headers for every request (the app merges them with the rules'); ``models`` are advertised ids."""
 
     name: str
     rules: str
     base_url: str | None
     api_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
-    models: list[str] | None = None
+    models: list[str] = field(default_factory=list)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -528,7 +529,7 @@ def _provider(name: str, rules: str, raw: dict[str, Any]) -> ProviderSettings:
         base_url=raw.get("base_url"),
         api_key=raw.get("api_key") or None,
         headers=dict(raw.get("headers") or {}),
-        models=list(raw["models"]) if raw.get("models") is not None else None,
+        models=list(raw.get("models") or ()),
         timeouts=Timeouts(
             connect=float(timeout.get("connect", defaults.connect)),
             first_byte=float(timeout.get("first_byte", defaults.first_byte)),

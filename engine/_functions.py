@@ -125,9 +125,10 @@ def new_id(prefix: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def short_name(name: str, max_len: int = 64) -> str:
     """`name` if it is already a valid tool name of at most `max_len` characters; otherwise a
-    deterministic valid one. Invalid characters become "_"; a name still too long keeps its first
-    `max_len - 9` characters plus "_" and 8 hex digits of the original's SHA-1, so distinct long
-    names stay distinct and the same name always maps to the same short one."""
+    deterministic valid one: invalid characters become "_", the result is cut to `max_len - 9`
+    characters, and "_" plus 8 hex digits of the original's SHA-1 are appended. The hash is added
+    whenever the name changes, so two names that differ only in invalid characters (``a.b``,
+    ``a:b``) stay distinct and can be mapped back; the same name always gives the same result."""
     max_len = int(max_len)
     if max_len < SHORT_NAME_MIN_LEN:
         raise ValueError(f"short_name: max_len must be at least {SHORT_NAME_MIN_LEN}, got {max_len}")
@@ -136,8 +137,6 @@ def short_name(name: str, max_len: int = 64) -> str:
     cleaned = _INVALID_NAME_CHAR.sub("_", name)
     if not cleaned:
         return "_"
-    if len(cleaned) <= max_len:
-        return cleaned
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
     return f"{cleaned[: max_len - 9]}_{digest}"
 
@@ -539,7 +538,7 @@ _DOCS = (
         "string",
         (
             Example(("mcp__github__create_issue",), "mcp__github__create_issue"),
-            Example(("mcp__docs.server__search",), "mcp__docs_server__search"),
+            Example(("mcp__docs.server__search",), "mcp__docs_server__search_00201f18"),
             Example((_LONG_MCP_NAME,), "mcp__acme-internal-knowledge-base__search_documents_by__a8abfff6"),
             Example((_LONG_MCP_NAME, 32), "mcp__acme-internal-know_a8abfff6"),
         ),

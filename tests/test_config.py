@@ -181,7 +181,8 @@ def test_unknown_nested_key_suggests_the_near_name(write) -> None:
         routes: {default: openai/gpt-4.1, backgroud: openai/gpt-4.1-mini}
         """)
     errors = errors_of(path)
-    assert [at(e) for e in errors] == [(3, 5, DiagnosticCode.UNKNOWN_KEY), (4, 35, DiagnosticCode.UNKNOWN_KEY)]
+    assert [at(e) for e in errors] == [(3, 5, DiagnosticCode.UNKNOWN_KEY),
+                                       (4, 35, DiagnosticCode.UNKNOWN_KEY)]
     assert errors[0].message == "unknown key 'base_ur' in providers.openai (did you mean 'base_url'?)"
     assert "(did you mean 'background'?)" in errors[1].message
 
@@ -216,8 +217,8 @@ def test_every_problem_is_collected(write) -> None:
         (5, 12, DiagnosticCode.SCHEMA),
         (6, 11, DiagnosticCode.BAD_ROUTE),
     ]
-    assert "routes.default: 'gpt-4.1' does not have the expected form (for example 'openai/gpt-4.1')" \
-        == errors[3].message
+    assert errors[3].message == ("routes.default: 'gpt-4.1' does not have the expected form "
+                                 "(for example 'openai/gpt-4.1')")
 
 
 def test_required_keys_are_reported(write) -> None:
@@ -226,7 +227,8 @@ def test_required_keys_are_reported(write) -> None:
         routes: {}
         """)
     messages = sorted(e.message for e in errors_of(path))
-    assert messages == ["routes: 'default' is a required property", "the config: 'providers' is a required property"]
+    assert messages == ["routes: 'default' is a required property",
+                        "the config: 'providers' is a required property"]
 
 
 def test_yaml_syntax_error_and_duplicate_key_have_positions(write, tmp_path: Path) -> None:
@@ -289,7 +291,8 @@ def test_list_routes_split_at_the_first_slash(write) -> None:
     assert routes.think == []
     assert routes.long_context_threshold == 100000
     assert list(routes.models) == ["claude-opus-4-1", "claude-*haiku*"]
-    assert [str(t) for t in routes.models["claude-*haiku*"]] == ["ollama/qwen3", "openrouter/qwen/qwen3-coder"]
+    haiku = routes.models["claude-*haiku*"]
+    assert [str(t) for t in haiku] == ["ollama/qwen3", "openrouter/qwen/qwen3-coder"]
 
 
 def test_provider_settings_defaults_and_timeouts(write) -> None:
@@ -307,7 +310,7 @@ def test_provider_settings_defaults_and_timeouts(write) -> None:
     assert openai.rules == "openai"
     assert openai.models == ["gpt-4.1", "o3"]
     assert openai.timeouts == Timeouts(connect=5.0, first_byte=120.5, idle=60.0, total=600.0)
-    assert (deepseek.base_url, deepseek.api_key, deepseek.headers, deepseek.models) == (None, None, {}, None)
+    assert (deepseek.base_url, deepseek.api_key, deepseek.headers, deepseek.models) == (None, None, {}, [])
     assert deepseek.timeouts == Timeouts(connect=10.0, first_byte=300.0, idle=300.0, total=None)
     assert (settings.host, settings.port, settings.api_key) == ("127.0.0.1", 3456, None)
 
@@ -366,8 +369,9 @@ def test_embedded_default_switches_providers_on_by_their_variables() -> None:
              ("OPENAI", "GEMINI", "DEEPSEEK", "OPENROUTER", "GROQ", "MISTRAL", "XAI")}
     settings = load_config(None, every)
     assert len(settings.providers) == 8
-    assert [str(settings.routes.default[0]), str(settings.routes.background[0]), str(settings.routes.think[0])] \
-        == ["openai/gpt-4.1", "openai/gpt-4.1-mini", "openai/o3"]
+    routes = settings.routes
+    chosen = [str(routes.default[0]), str(routes.background[0]), str(routes.think[0])]
+    assert chosen == ["openai/gpt-4.1", "openai/gpt-4.1-mini", "openai/o3"]
 
 
 def test_embedded_default_keeps_only_providers_with_shipped_rules() -> None:

@@ -241,8 +241,10 @@ def test_short_name_of_80_char_mcp_name() -> None:
 
 
 def test_short_name_replaces_invalid_characters() -> None:
-    assert short_name("mcp__srv__do.thing/now") == "mcp__srv__do_thing_now"
-    assert short_name("héllo wörld") == "h_llo_w_rld"
+    assert short_name("mcp__srv__do.thing/now") == "mcp__srv__do_thing_now_3e1d8f09"
+    assert short_name("héllo wörld") == "h_llo_w_rld_24e9f5c0"
+    # names that differ only in invalid characters stay distinct, so they can be mapped back
+    assert short_name("a.b") != short_name("a:b")
     assert short_name("") == "_"
 
 

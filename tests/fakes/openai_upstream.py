@@ -1,6 +1,6 @@
 """A fake OpenAI Chat Completions upstream: real wire format, scripted per test.
 
-`FakeOpenAI` is a plain ASGI app. Serve it with `tests.fakes.server.serve_app` and point the code
+`FakeOpenAI` is a plain ASGI app. Serve it with `serve_app` (fakes/server.py) and point the code
 under test at `f"{base_url}/v1"`. Each `POST /v1/chat/completions` is recorded, validated the way
 OpenAI validates (a broken body gets a 400 with an OpenAI error, so proxy tests fail loudly), and
 answered with the next scripted reply:
@@ -325,7 +325,7 @@ class Reasoning(Reply):
     """
 
     text: str = ""
-    then: Reply | None = None
+    then: Text | ToolCalls | None = None
     chunks: list[str] | None = None
     field: str = "reasoning_content"
 
@@ -697,6 +697,13 @@ def check_sdk_types(body: JSONObject) -> list[TypeProblem]:
 
 _LIST_ORIGINS = (list, abc.Iterable, abc.Sequence)
 _DICT_ORIGINS = (dict, abc.Mapping)
+_JSON_NAMES: dict[Any, str] = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
 _SCALARS: dict[Any, Callable[[Any], bool]] = {
     str: lambda v: isinstance(v, str),
     bool: lambda v: isinstance(v, bool),
@@ -738,12 +745,20 @@ def _json_kind(value: Any) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    """The JSON name of a type (`string`, `array`, ...), or the TypedDict's name."""
     tp = _unwrap(tp)
+    origin = typing_extensions.get_origin(tp)
     if typing_extensions.is_typeddict(tp):
         return str(tp.__name__)
-    if typing_extensions.get_origin(tp) is typing.Literal:
+    if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing_extensions.get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(member) for member in typing_extensions.get_args(tp))
+    if tp in _LIST_ORIGINS or origin in _LIST_ORIGINS:
+        return "array"
+    if tp in _DICT_ORIGINS or origin in _DICT_ORIGINS:
+        return "object"
+    return _JSON_NAMES.get(tp, str(tp))
 
 
 def _check_type(value: Any, tp: Any, path: str, out: list[TypeProblem]) -> None:
@@ -871,6 +886,15 @@ class FakeOpenAI:
     "messages[].reasoning_content"}` for a DeepSeek-style dialect.
     """
 
+    script: list[Scripted]
+    default: Scripted | None
+    responder: Callable[[JSONObject], Scripted] | None
+    models: list[str]
+    api_key: str | None
+    check_sdk_types: bool
+    allow_extra: set[str]
+    requests: list[ReceivedRequest]
+
     def __init__(
         self,
         *script: Scripted,
@@ -881,25 +905,29 @@ class FakeOpenAI:
         check_sdk_types: bool = True,
         allow_extra: Collection[str] = (),
     ) -> None:
-        self.script: list[Scripted] = list(script)
-        self.default = default
-        self.responder = responder
-        self.models = list(models)
-        self.api_key = api_key
-        self.check_sdk_types = check_sdk_types
-        self.allow_extra = set(allow_extra)
-        self.requests: list[ReceivedRequest] = []
+        self._constructed = (
+            list(script),
+            default,
+            responder,
+            list(models),
+            api_key,
+            check_sdk_types,
+            allow_extra,
+        )
+        self.reset()
 
     def queue(self, *replies: Scripted) -> None:
         """Append replies to the script; each request consumes one."""
         self.script.extend(replies)
 
     def reset(self) -> None:
-        """Forget requests and script, for a fake shared between tests."""
-        self.script.clear()
-        self.requests.clear()
-        self.default = None
-        self.responder = None
+        """Back to the state right after construction (settings included), no requests recorded:
+        for a fake shared between tests."""
+        script, self.default, self.responder, models, self.api_key, self.check_sdk_types, allow = (
+            self._constructed
+        )
+        self.script, self.models, self.allow_extra = list(script), list(models), set(allow)
+        self.requests = []
 
     @property
     def last(self) -> ReceivedRequest:

@@ -1,0 +1,150 @@
+"""``ccproxy-engine serve`` and ``ccproxy-engine validate``: the only code that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from ._app import create_app
+from ._compiler import CompiledProvider, compile_rules
+from ._config import Settings, check_config, load_config
+from ._errors import Diagnostic, DiagnosticCode, RuleError, SetupError
+from ._loader import BUILTIN_RULES_DIR, display_path, load_rules, rule_file_paths
+
+#: How `serve` hands its choices to the server's worker processes, which build their own app.
+ENV_CONFIG = "CCPROXY_ENGINE_CONFIG"
+ENV_RULES = "CCPROXY_ENGINE_RULES"
+
+_CONFIG_KEYS = frozenset({"server", "providers", "routes"})
+
+
+def prepare(config: str | Path | None, rule_paths: Sequence[Path] = (),
+            env: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, CompiledProvider]]:
+    """Load rules and config, compile the rules; raise one `SetupError` listing every problem."""
+    rule_sets, diagnostics = load_rules(rule_paths)
+    providers, problems = compile_rules(rule_sets)
+    diagnostics += problems
+    if any(d.severity == "error" for d in diagnostics):
+        raise RuleError(diagnostics)
+    settings = load_config(config, env, available_rules=set(providers))
+    return settings, providers
+
+
+def app_from_environment() -> Any:
+    """App factory for the server's workers: reads what `serve` put in the environment."""
+    config = os.environ.get(ENV_CONFIG) or None
+    rules = [Path(p) for p in os.environ.get(ENV_RULES, "").split(os.pathsep) if p]
+    settings, providers = prepare(config, rules)
+    return create_app(settings, providers)
+
+
+def _print_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
+    for diagnostic in diagnostics:
+        print(diagnostic.format(), file=sys.stderr)
+
+
+def _is_config_file(path: Path) -> bool:
+    """A YAML file whose top level has server/providers/routes is a config; anything else is rules."""
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except (OSError, YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and bool(_CONFIG_KEYS & set(data))
+
+
+def validate(paths: Sequence[Path]) -> list[Diagnostic]:
+    """Every problem in the given rule files, rule directories and config files."""
+    if not paths:
+        paths = [Path("rules")] if Path("rules").is_dir() else [BUILTIN_RULES_DIR]
+    diagnostics: list[Diagnostic] = []
+    configs: list[Path] = []
+    rules: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            diagnostics.append(Diagnostic(str(path), 1, 1, DiagnosticCode.IO, "no such file or directory"))
+            continue
+        for file in rule_file_paths([path]):
+            (configs if _is_config_file(file) else rules).append(file)
+    builtin = BUILTIN_RULES_DIR.resolve()
+    user_rules = [p for p in rules if p.resolve().parent != builtin]
+    rule_sets, problems = load_rules(user_rules)
+    diagnostics += problems
+    providers, problems = compile_rules(rule_sets)
+    diagnostics += problems
+    for config in configs:
+        diagnostics += check_config(config, available_rules=set(providers))
+    return sorted(diagnostics)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    diagnostics = validate([Path(p) for p in args.paths])
+    _print_diagnostics(diagnostics)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return 1
+    checked = ", ".join(args.paths) or "rules"
+    print(f"ok: {checked} valid" + (f" ({len(diagnostics)} warning(s))" if diagnostics else ""))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    rule_paths = [Path(p) for p in args.rules]
+    try:
+        settings, _ = prepare(args.config, rule_paths)
+    except SetupError as exc:
+        _print_diagnostics(exc.diagnostics)
+        return 1
+    _print_diagnostics(settings.warnings)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    os.environ[ENV_CONFIG] = str(Path(args.config).resolve()) if args.config else ""
+    os.environ[ENV_RULES] = os.pathsep.join(str(p.resolve()) for p in rule_paths)
+    print(f"ccproxy-engine serving on http://{host}:{port} (config: {settings.source}; "
+          f"providers: {', '.join(settings.providers) or 'none'})", file=sys.stderr)
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "ccproxy_engine._cli:app_from_environment", factory=True, address=host, port=port,
+        interface=Interfaces.ASGI, workers=args.workers, log_level=args.log_level, log_access=False,
+    ).serve()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccproxy-engine",
+                                     description="Anthropic Messages API proxy to any model provider.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy in the foreground")
+    serve.add_argument("--config", help="config file (default: the embedded default, driven by env vars)")
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 3456)")
+    serve.add_argument("--rules", action="append", default=[], metavar="PATH",
+                       help="extra rule file or directory (repeatable); overrides built-ins by name")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_cmd_serve)
+    check = sub.add_parser("validate", help="check rule files, rule directories and config files")
+    check.add_argument("paths", nargs="*", help="files or directories (default: ./rules or the built-in rules)")
+    check.set_defaults(handler=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code: int = args.handler(args)
+    return code
+
+
+__all__ = ["app_from_environment", "display_path", "main", "prepare", "validate"]
