@@ -6,7 +6,7 @@ move. tests/test_public_api.py pins this list.
 
 from ._app import create_app
 from ._compiler import CompiledProvider, compile_rules
-from ._config import ProviderSettings, RouteTarget, Routes, Settings, load_config
+from ._config import ProviderSettings, Routes, RouteTarget, Settings, load_config
 from ._errors import (
     ConfigError,
     Diagnostic,

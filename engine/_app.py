@@ -23,6 +23,7 @@ import orjson
 from litestar import Litestar, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from ._compiler import CompiledProvider
@@ -39,7 +40,7 @@ from ._errors import (
 from ._functions import new_id
 from ._loader import load_schema
 from ._router import Route, Router
-from ._sse import SSEDecoder, encode_event, encode_events
+from ._sse import SSEDecoder, encode_events
 from ._stream import MessageBuilder, StreamMachine
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -285,11 +286,9 @@ def _model_ids(engine: Engine) -> list[str]:
     """Client-facing model ids: Anthropic names the config maps, then every provider/model it names."""
     ids: list[str] = []
     routes = engine.settings.routes
-    for pattern in routes.models:
-        if not any(ch in pattern for ch in "*?["):
-            ids.append(pattern)
-    for target in [*routes.default, *(t for targets in routes.models.values() for t in targets)]:
-        ids.append(f"{target.provider}/{target.model}")
+    ids.extend(pattern for pattern in routes.models if not any(ch in pattern for ch in "*?["))
+    targets = [*routes.default, *(t for listed in routes.models.values() for t in listed)]
+    ids.extend(f"{target.provider}/{target.model}" for target in targets)
     for name, provider in engine.settings.providers.items():
         ids.extend(f"{name}/{model}" for model in provider.models)
     return list(dict.fromkeys(ids))
@@ -317,7 +316,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
     model_id = model_id.lstrip("/")
     if model_id not in _model_ids(_engine(request)):
         raise NotFoundError(f"model '{model_id}' is not configured")

@@ -77,10 +77,11 @@ def validate(paths: Sequence[Path]) -> list[Diagnostic]:
     user_rules = [p for p in rules if p.resolve().parent != builtin]
     rule_sets, problems = load_rules(user_rules)
     diagnostics += problems
-    providers, problems = compile_rules(rule_sets)
+    _, problems = compile_rules(rule_sets)
     diagnostics += problems
     for config in configs:
-        diagnostics += check_config(config, available_rules=set(providers))
+        # a rule set that exists but has errors is reported above, not again as "does not exist"
+        diagnostics += check_config(config, available_rules=set(rule_sets))
     return sorted(diagnostics)
 
 
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_cmd_serve)
     check = sub.add_parser("validate", help="check rule files, rule directories and config files")
-    check.add_argument("paths", nargs="*", help="files or directories (default: ./rules or the built-in rules)")
+    check.add_argument("paths", nargs="*",
+                       help="files or directories (default: ./rules or the built-in rules)")
     check.set_defaults(handler=_cmd_validate)
     return parser
 

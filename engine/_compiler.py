@@ -185,8 +185,7 @@ class ResponseDecoder:
         if refusal and isinstance(refusal, str):
             self._refused = True
             out.append(TextDelta(refusal))
-        for call in spec.tool_calls(part) or ():
-            out.append(self._tool_call(call))
+        out.extend(self._tool_call(call) for call in spec.tool_calls(part) or ())
 
     def _tool_call(self, call: Any) -> ToolCallDelta:
         spec = self._spec
@@ -212,7 +211,8 @@ class ResponseDecoder:
         input_tokens = None
         if total_in is not None:
             input_tokens = max(0, _as_int(total_in) - cache_read - cache_write)
-        return UsageDelta(input_tokens=input_tokens, output_tokens=None if output is None else _as_int(output),
+        return UsageDelta(input_tokens=input_tokens,
+                          output_tokens=None if output is None else _as_int(output),
                           cache_read_input_tokens=cache_read, cache_creation_input_tokens=cache_write)
 
 
@@ -248,16 +248,23 @@ class ErrorMap:
         if code in self.by_code:
             error_type = self.by_code[code]
             anthropic_status = _STATUS_FOR_TYPE.get(error_type, anthropic_status)
-        if data is not None and self.context_overflow(data):
+        overflow = data is not None and bool(self.context_overflow(data))
+        if overflow:
             anthropic_status, error_type = 400, "invalid_request_error"
-            message = f"prompt is too long: {message}"
-        return UpstreamStatusError(self.provider, message, status=anthropic_status, error_type=error_type,
-                                   upstream_status=status, retry_after=retry_after)
+        error = UpstreamStatusError(self.provider, message, status=anthropic_status, error_type=error_type,
+                                    upstream_status=status, retry_after=retry_after)
+        if overflow:
+            # Claude Code compacts on a message that starts with this phrase; the provider tag that
+            # UpstreamError puts first goes after it (as in `describe_inline`)
+            error.message = f"prompt is too long: [{self.provider}] {message}"
+            error.args = (error.message,)
+        return error
 
     def describe_inline(self, error: Any) -> tuple[str, str]:
         """An error record inside a 200 stream → (Anthropic error type, message)."""
         wrapped = error if isinstance(error, dict) and "error" in error else {"error": error}
-        message = self._message(wrapped) or (error if isinstance(error, str) else orjson.dumps(error).decode())
+        message = self._message(wrapped) or (
+            error if isinstance(error, str) else orjson.dumps(error).decode())
         code = self._code(wrapped)
         if code in self.by_code:
             return self.by_code[code], f"[{self.provider}] {message}"

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -302,7 +302,7 @@ class _Loader:
             self._report((1, 1), DiagnosticCode.YAML_SYNTAX, str(exc))
             return None
         if not isinstance(tree, CommentedMap):
-            what = "empty" if tree is None else f"a {type(tree).__name__}"
+            what = "empty" if tree is None else "a list" if isinstance(tree, list) else f"just {tree!r}"
             self._report((1, 1), DiagnosticCode.SCHEMA,
                          f"the config is {what}; expected a mapping with 'providers' and 'routes'")
             return None
@@ -406,9 +406,10 @@ class _Loader:
                     where = _dotted(path) if path else "the top level"
                     self._report(self._pos((*path, key), key=True), DiagnosticCode.UNKNOWN_KEY,
                                  f"unknown key {key!r} in {where}{_suggest(key, allowed)}")
-        elif error.validator == "propertyNames":
+        elif "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
+            rule = error.schema.get("description", error.message)
             self._report(self._pos((*path, str(error.instance)), key=True), DiagnosticCode.SCHEMA,
-                         f"{_dotted(path)}: bad name {error.instance!r}: {error.message}")
+                         f"{_dotted(path)}: bad name {error.instance!r}; {rule[0].lower()}{rule[1:]}")
         elif error.validator == "required":
             self._report(self._pos(path, key=True), DiagnosticCode.SCHEMA,
                          f"{_dotted(path) or 'the config'}: {error.message}")
@@ -471,7 +472,9 @@ class _Loader:
                          f"environment variable {var} is not set; {consequence}", severity)
         if not has_rules:
             known = sorted(self.available_rules or ())
-            self._report(self._pos(("providers", name, "rules")), DiagnosticCode.UNKNOWN_RULES,
+            where = ("providers", name, "rules")
+            pos = self._pos(where) if where in self.value_pos else self._pos(where[:2], key=True)
+            self._report(pos, DiagnosticCode.UNKNOWN_RULES,
                          f"rule set {rules!r} does not exist{_suggest(rules, known)}; {consequence}",
                          severity)
         return False

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # no stubs in the dev environment
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -49,18 +50,20 @@ KeyPath = tuple[str | int, ...]
 class SourcePosition:
     """Where a value starts in its file (1-based). `quote` is 1 when the scalar is quoted, so a column
     inside the scalar's text is ``col + quote + offset``; `block` is set for ``|`` and ``>`` scalars,
-    whose text starts on the next line."""
+    whose text starts on the next line, at column `text_col` (the block's indentation + 1)."""
 
     path: str
     line: int
     col: int
     quote: int = 0
     block: bool = False
+    text_col: int = 0
 
     def shifted(self, line_offset: int = 0, col_offset: int = 0) -> SourcePosition:
         """The position of a character inside this scalar: `line_offset` lines down (0 = same line)."""
         if self.block:
-            return SourcePosition(self.path, self.line + 1 + line_offset, self.col + 2 + col_offset)
+            return SourcePosition(self.path, self.line + 1 + line_offset,
+                                  (self.text_col or self.col) + col_offset)
         if line_offset:
             return SourcePosition(self.path, self.line + line_offset, 1 + col_offset)
         return SourcePosition(self.path, self.line, self.col + self.quote + col_offset)
@@ -104,32 +107,55 @@ def _yaml() -> YAML:
     return yaml
 
 
-def _scalar_position(path: str, value: Any, line: int, col: int) -> SourcePosition:
-    quote = 1 if isinstance(value, DoubleQuotedScalarString | SingleQuotedScalarString) else 0
-    block = isinstance(value, LiteralScalarString | FoldedScalarString)
-    return SourcePosition(path, line + 1, col + 1, quote, block)
+@dataclass(slots=True)
+class _Source:
+    """One parsed file: its shown path and lines, and the position tables `_plain` fills."""
+
+    path: str
+    lines: list[str]
+    positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
+    key_positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
+
+    def scalar_position(self, value: Any, line: int, col: int) -> SourcePosition:
+        """The position of `value` from ruamel's 0-based `line` and `col`."""
+        quote = 1 if isinstance(value, DoubleQuotedScalarString | SingleQuotedScalarString) else 0
+        if not isinstance(value, LiteralScalarString | FoldedScalarString):
+            return SourcePosition(self.path, line + 1, col + 1, quote)
+        # ruamel marks the `|` indicator; the text starts on the next line, at the block's
+        # indentation, which only the source shows (its first non-blank line)
+        text_col = col + 1
+        if value.strip():
+            first = next((text for text in self.lines[line + 1:] if text.strip()), "")
+            text_col = len(first) - len(first.lstrip(" ")) + 1
+        return SourcePosition(self.path, line + 1, col + 1, quote, True, text_col)
 
 
-def _plain(node: Any, path: str, key_path: KeyPath, positions: dict[KeyPath, SourcePosition],
-           key_positions: dict[KeyPath, SourcePosition]) -> Any:
+def _key_text(key: Any) -> str:
+    """A mapping key as a string, spelled as YAML and JSON spell it (``true``, not ``True``)."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return "null" if key is None else str(key)
+
+
+def _plain(node: Any, key_path: KeyPath, source: _Source) -> Any:
     """Convert a ruamel node to plain Python values, recording the position of every child."""
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            child = (*key_path, str(key))
+            child = (*key_path, _key_text(key))
             kline, kcol = node.lc.key(key)
             vline, vcol = node.lc.value(key)
-            key_positions[child] = SourcePosition(path, kline + 1, kcol + 1)
-            positions[child] = _scalar_position(path, value, vline, vcol)
-            out[str(key)] = _plain(value, path, child, positions, key_positions)
+            source.key_positions[child] = SourcePosition(source.path, kline + 1, kcol + 1)
+            source.positions[child] = source.scalar_position(value, vline, vcol)
+            out[_key_text(key)] = _plain(value, child, source)
         return out
     if isinstance(node, CommentedSeq):
         items: list[Any] = []
         for index, value in enumerate(node):
             child = (*key_path, index)
             line, col = node.lc.item(index)
-            positions[child] = _scalar_position(path, value, line, col)
-            items.append(_plain(value, path, child, positions, key_positions))
+            source.positions[child] = source.scalar_position(value, line, col)
+            items.append(_plain(value, child, source))
         return items
     if isinstance(node, str):
         return str(node)
@@ -168,10 +194,9 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, SourcePosition], dict[KeyP
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = f"invalid YAML: {exc.problem or exc.context}"
         return None, {}, {}, [Diagnostic(shown, line, col, DiagnosticCode.YAML_SYNTAX, message)]
-    positions: dict[KeyPath, SourcePosition] = {}
-    key_positions: dict[KeyPath, SourcePosition] = {}
-    data = _plain(node, shown, (), positions, key_positions)
-    return data, positions, key_positions, []
+    source = _Source(shown, text.split("\n"))
+    data = _plain(node, (), source)
+    return data, source.positions, source.key_positions, []
 
 
 def display_path(path: Path) -> str:
@@ -188,7 +213,7 @@ def schema_diagnostics(data: Any, schema_name: str, shown_path: str,
     """Every JSON-Schema violation in `data`, each at the position of the offending value or key."""
     schema = load_schema(schema_name)
     validator = jsonschema.Draft202012Validator(schema)
-    diagnostics = []
+    diagnostics: list[Diagnostic] = []
     for error in validator.iter_errors(data):
         diagnostics.extend(_describe_schema_error(error, shown_path, positions, key_positions))
     return diagnostics
@@ -199,6 +224,11 @@ def _describe_schema_error(error: jsonschema.ValidationError, shown_path: str,
                            key_positions: dict[KeyPath, SourcePosition]) -> Iterator[Diagnostic]:
     key_path: KeyPath = tuple(error.absolute_path)
     where = ".".join(str(part) for part in key_path) or "(top level)"
+    branch = _matching_branch(error)
+    if branch:
+        for sub in branch:
+            yield from _describe_schema_error(sub, shown_path, positions, key_positions)
+        return
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(error.schema.get("properties", {}))
         for key in error.instance:
@@ -214,9 +244,23 @@ def _describe_schema_error(error: jsonschema.ValidationError, shown_path: str,
     yield Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.SCHEMA, f"{where}: {error.message}")
 
 
-def _matches_pattern(schema: dict[str, Any], key: str) -> bool:
-    import re
+def _matching_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """For an ``anyOf``/``oneOf`` failure, the errors of the one alternative of the value's own type.
 
+    A capability row is "a mapping or null"; for a mapping with a typo, "matches none of the given
+    schemas" at the row hides what the alternative that applies says (which key, which value).
+    """
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return []
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    applicable = [subs for subs in branches.values()
+                  if not any(sub.validator == "type" and not sub.relative_path for sub in subs)]
+    return applicable[0] if len(applicable) == 1 else []
+
+
+def _matches_pattern(schema: dict[str, Any], key: str) -> bool:
     return any(re.search(pattern, key) for pattern in schema.get("patternProperties", {}))
 
 
@@ -310,7 +354,7 @@ def _resolve(name: str, files: dict[str, RuleFile], done: dict[str, RuleSet],
     if parent is None:
         return None, problems
     child = RuleSet(name, rule_file.path, {}, {}, {}, (name, *parent.lineage))
-    data = _merge(parent.data, rule_file.data, (), parent, rule_file, child)
+    data = _merge(parent.data, rule_file.data, (), parent_set=parent, child_file=rule_file, target=child)
     child.data = {k: v for k, v in data.items() if k != "extends"}
     return child, problems
 
@@ -328,7 +372,7 @@ def _copy_positions(source: RuleSet | RuleFile, key_path: KeyPath, target: RuleS
                 target_table[path] = pos
 
 
-def _merge(parent: Any, child: Any, key_path: KeyPath, parent_set: RuleSet, child_file: RuleFile,
+def _merge(parent: Any, child: Any, key_path: KeyPath, *, parent_set: RuleSet, child_file: RuleFile,
            target: RuleSet) -> Any:
     """Merge `child` over `parent` per the module docstring, copying positions into `target`."""
     replace_whole = (
@@ -339,24 +383,22 @@ def _merge(parent: Any, child: Any, key_path: KeyPath, parent_set: RuleSet, chil
     if replace_whole:
         _copy_positions(child_file, key_path, target)
         return child
+    # inherited keys keep their place (an overridden body key does not move to the end); new keys follow
     merged: dict[str, Any] = {}
     for key, value in parent.items():
-        if key in child:
-            continue
-        merged[key] = value
-        _copy_positions(parent_set, (*key_path, key), target)
-    for key, value in child.items():
         sub = (*key_path, key)
-        if value is None and key in parent:
-            continue  # null deletes the inherited key
-        if key in parent:
-            merged[key] = _merge(parent[key], value, sub, parent_set, child_file, target)
-        else:
+        if key not in child:
             merged[key] = value
-            _copy_positions(child_file, sub, target)
-        if sub in child_file.key_positions:
+            _copy_positions(parent_set, sub, target)
+        elif child[key] is not None:  # null deletes the inherited key
+            merged[key] = _merge(value, child[key], sub, parent_set=parent_set, child_file=child_file,
+                                 target=target)
             target.key_positions[sub] = child_file.key_positions[sub]
             target.positions.setdefault(sub, child_file.positions[sub])
+    for key, value in child.items():
+        if key not in parent:
+            merged[key] = value
+            _copy_positions(child_file, (*key_path, key), target)
     return merged
 
 

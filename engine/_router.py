@@ -65,7 +65,9 @@ class Router:
             if fnmatch.fnmatchcase(name, pattern):
                 return Route(targets, "model")
         if not self._default:
-            raise RouteError(f"no route for model '{name}': set routes.default or routes.models in the config")
+            raise RouteError(
+                f"no route for model '{name}': set routes.default or routes.models in the config"
+            )
         return Route(self._default, "default")
 
     def _explicit(self, name: str) -> RouteTarget | None:

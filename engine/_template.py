@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jmespath
-from jinja2 import Environment, TemplateSyntaxError, Undefined, meta, nodes
+from jinja2 import ChainableUndefined, Environment, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.exceptions import TemplateAssertionError, TemplateError
 from jinja2.parser import Parser
-from jmespath import ast as jmes_ast
 from jmespath import exceptions as jmes_exceptions
 from jmespath.visitor import TreeInterpreter
 
 from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
-from ._functions import JINJA_FILTERS, JINJA_GLOBALS, JMESPATH_OPTIONS, EngineFunctions
+from ._functions import JINJA_FILTERS, JMESPATH_OPTIONS, EngineFunctions
 from ._loader import KeyPath, RuleSet, SourcePosition
 
 Scope = dict[str, Any]
@@ -77,7 +76,9 @@ def _none_for_undefined(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_environment() -> RuleEnvironment:
-    env = RuleEnvironment(autoescape=False, keep_trailing_newline=True)
+    # like the plain-path fast path and JMESPath: `a.b.c` with no `a.b` is none, not an error, so
+    # adding a filter (`a.b.c | default(1)`) to a path that worked never makes it fail
+    env = RuleEnvironment(autoescape=False, keep_trailing_newline=True, undefined=ChainableUndefined)
     env.filters.update({name: _none_for_undefined(fn) for name, fn in JINJA_FILTERS.items()})
     return env
 
@@ -97,7 +98,8 @@ class CompileContext:
     named: dict[str, Compiled] = field(default_factory=dict)
     compiling: set[str] = field(default_factory=set)
 
-    def report(self, pos: SourcePosition, code: DiagnosticCode, message: str, detail: str | None = None) -> None:
+    def report(self, pos: SourcePosition, code: DiagnosticCode, message: str,
+               detail: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(pos.path, pos.line, pos.col, code, message, detail=detail))
 
     def position(self, key_path: KeyPath) -> SourcePosition:
@@ -137,7 +139,7 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     pos = ctx.position(key_path)
     stripped = text.strip()
     inner = stripped[2:-2] if stripped.startswith("{{") else stripped
-    offset = text.find(inner) if stripped.startswith("{{") else 0
+    offset = len(text) - len(text.lstrip())  # where the source starts: `{{`, or the bare expression
     try:
         parser = Parser(ENVIRONMENT, inner, state="variable")
         expr = parser.parse_expression()
@@ -146,7 +148,7 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     except TemplateSyntaxError as exc:
         _report_jinja(exc, pos, offset, text, ctx)
         return _fail_at_runtime(pos)
-    if not _check_names(expr, pos.shifted(col_offset=offset), ctx):
+    if not _check_names(expr, pos, offset, text, ctx):
         return _fail_at_runtime(pos)
     path = _plain_path(expr)
     if path is not None:
@@ -175,14 +177,14 @@ def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
     pos = ctx.position(key_path)
     try:
         ast = ENVIRONMENT.parse(text)
-        if not _check_names(ast, pos, ctx):
+        if not _check_names(ast, pos, 0, text, ctx):
             return _fail_at_runtime(pos)
         template = ENVIRONMENT.from_string(text)
     except TemplateError as exc:
         _report_jinja(exc, pos, 0, text, ctx)
         return _fail_at_runtime(pos)
     render = template.render
-    return _guard(lambda scope: render(scope), pos, text)
+    return _guard(render, pos, text)
 
 
 def _plain_path(expr: nodes.Expr) -> tuple[str, tuple[str | int, ...]] | None:
@@ -209,7 +211,7 @@ def _path_getter(name: str, parts: tuple[str | int, ...]) -> Compiled:
         for part in parts:
             if isinstance(value, dict):
                 value = value.get(part) if isinstance(part, str) else None
-            elif isinstance(value, list) and isinstance(part, int):
+            elif isinstance(value, list | str) and isinstance(part, int):
                 value = value[part] if -len(value) <= part < len(value) else None
             else:
                 return None
@@ -218,7 +220,7 @@ def _path_getter(name: str, parts: tuple[str | int, ...]) -> Compiled:
     return get
 
 
-def _check_names(ast: nodes.Node, pos: SourcePosition, ctx: CompileContext) -> bool:
+def _check_names(ast: nodes.Node, pos: SourcePosition, offset: int, text: str, ctx: CompileContext) -> bool:
     """Report variables that nothing defines; Jinja would silently treat them as undefined."""
     if isinstance(ast, nodes.Template):
         unknown = meta.find_undeclared_variables(ast) - ctx.scope_names
@@ -227,8 +229,34 @@ def _check_names(ast: nodes.Node, pos: SourcePosition, ctx: CompileContext) -> b
     for name in sorted(unknown):
         hint = difflib.get_close_matches(name, sorted(ctx.scope_names), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        ctx.report(pos, DiagnosticCode.BAD_TEMPLATE, f"unknown variable '{name}'{suggestion}")
+        lineno = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == name), 1)
+        ctx.report(_jinja_position(pos, text, offset, lineno), DiagnosticCode.BAD_TEMPLATE,
+                   f"unknown variable '{name}'{suggestion}")
     return not unknown
+
+
+def _text_position(pos: SourcePosition, text: str, offset: int) -> SourcePosition:
+    """Where character `offset` of a scalar's `text` is in the file.
+
+    Only a block scalar's text lines are file lines; a flow scalar's line breaks come from ``\\n``
+    escapes or folding, so there the offset is taken as one on the scalar's first line.
+    """
+    if not pos.block:
+        return pos.shifted(col_offset=offset)
+    before = text[:offset]
+    return pos.shifted(line_offset=before.count("\n"), col_offset=offset - (before.rfind("\n") + 1))
+
+
+def _jinja_position(pos: SourcePosition, text: str, offset: int, lineno: int) -> SourcePosition:
+    """Where line `lineno` of Jinja source starting at `offset` in the scalar's `text` is in the file.
+
+    Jinja gives lines, no columns: the first line maps to where the source starts, a later one (in a
+    block scalar) to the start of that line.
+    """
+    start = _text_position(pos, text, offset)
+    if lineno <= 1 or not pos.block:
+        return start
+    return pos.shifted(line_offset=text[:offset].count("\n") + lineno - 1)
 
 
 def _report_jinja(exc: TemplateError, pos: SourcePosition, offset: int, text: str,
@@ -241,8 +269,8 @@ def _report_jinja(exc: TemplateError, pos: SourcePosition, offset: int, text: st
         hint = difflib.get_close_matches(name, sorted(ENVIRONMENT.filters), n=1)
         message = f"unknown filter '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
     lineno = getattr(exc, "lineno", 1) or 1
-    where = pos.shifted(line_offset=lineno - 1, col_offset=offset if lineno == 1 else 0)
-    ctx.report(where, code, message, detail=f"  {text.strip()}")
+    detail = "\n".join(f"  {line}" for line in text.strip().split("\n"))
+    ctx.report(_jinja_position(pos, text, offset, lineno), code, message, detail=detail)
 
 
 def _fail_at_runtime(pos: SourcePosition) -> Compiled:
@@ -280,7 +308,7 @@ def compile_selector(expression: str, key_path: KeyPath, ctx: CompileContext) ->
         parsed = jmespath.compile(expression)
     except jmes_exceptions.ParseError as exc:
         column = exc.lex_position if isinstance(exc.lex_position, int) else 0
-        where = pos.shifted(col_offset=column)
+        where = _text_position(pos, expression, column)
         caret = f"  {expression}\n  {' ' * column}^"
         ctx.report(where, DiagnosticCode.BAD_SELECTOR, f"invalid JMESPath: {exc.msg}", detail=caret)
         return lambda data: None
@@ -320,7 +348,7 @@ def _check_functions(tree: dict[str, Any], expression: str, pos: SourcePosition,
             hint = difflib.get_close_matches(name, sorted(_JMESPATH_BUILTINS), n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             column = max(expression.find(name + "("), 0)
-            ctx.report(pos.shifted(col_offset=column), DiagnosticCode.UNKNOWN_FUNCTION,
+            ctx.report(_text_position(pos, expression, column), DiagnosticCode.UNKNOWN_FUNCTION,
                        f"unknown function '{name}'{suggestion}")
             ok = False
             continue
@@ -328,7 +356,8 @@ def _check_functions(tree: dict[str, Any], expression: str, pos: SourcePosition,
         count = len(node["children"])
         variadic = bool(signature) and signature[-1].get("variadic", False)
         if count < len(signature) or (count > len(signature) and not variadic):
-            ctx.report(pos, DiagnosticCode.BAD_SELECTOR,
+            column = max(expression.find(name + "("), 0)
+            ctx.report(_text_position(pos, expression, column), DiagnosticCode.BAD_SELECTOR,
                        f"function '{name}' takes {len(signature)} argument(s), got {count}")
             ok = False
     return ok
@@ -446,8 +475,9 @@ def _compile_directive(directive: str, node: dict[str, Any], key_path: KeyPath,
         return lambda scope: None
     extra = set(node) - DIRECTIVE_KEYS[directive]
     for key in sorted(extra):
+        allowed = ", ".join(sorted(DIRECTIVE_KEYS[directive]))
         ctx.report(ctx.rule_set.key_position((*key_path, key)), DiagnosticCode.BAD_DIRECTIVE,
-                   f"'{key}' is not a key of {directive} (allowed: {', '.join(sorted(DIRECTIVE_KEYS[directive]))})")
+                   f"'{key}' is not a key of {directive} (allowed: {allowed})")
     builder = _DIRECTIVE_BUILDERS[directive]
     return builder(node, key_path, ctx)
 
@@ -464,7 +494,7 @@ def _value(node: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContex
 def _each(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
     source = _value(node, "$each", key_path, ctx)
     name = str(node.get("as", "item"))
-    body = compile_template(node.get("do", "{{ %s }}" % name), (*key_path, "do"), ctx)
+    body = compile_template(node.get("do", f"{{{{ {name} }}}}"), (*key_path, "do"), ctx)
     condition = _value(node, "if", key_path, ctx) if "if" in node else None
 
     def build(scope: Scope) -> _Spread:
@@ -503,16 +533,23 @@ def _switch(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Com
         ctx.report(ctx.position((*key_path, "cases")), DiagnosticCode.BAD_DIRECTIVE,
                    "$switch 'cases' must be a mapping of value → template")
         cases_node = {}
-    cases = {key: compile_template(value, (*key_path, "cases", key), ctx) for key, value in cases_node.items()}
+    cases = {key: compile_template(value, (*key_path, "cases", key), ctx)
+             for key, value in cases_node.items()}
     default = compile_template(node.get("default"), (*key_path, "default"), ctx)
 
     def build(scope: Scope) -> Any:
         value = subject(scope)
-        key = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-        branch = cases.get(key, default)
+        branch = cases.get(value if isinstance(value, str) else _case_key(value), default)
         return branch(scope)
 
     return build
+
+
+def _case_key(value: Any) -> str:
+    """A non-string subject as the loader spells a YAML key: ``true``, ``false``, ``null``, ``2``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def _let(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
@@ -546,7 +583,8 @@ def _use(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compil
         return lambda scope: None
     target = named_template(name, ctx)
     arguments = node.get("with") or {}
-    bindings = [(arg, compile_template(value, (*key_path, "with", arg), ctx)) for arg, value in arguments.items()]
+    bindings = [(arg, compile_template(value, (*key_path, "with", arg), ctx))
+                for arg, value in arguments.items()]
 
     def build(scope: Scope) -> Any:
         if not bindings:
@@ -565,7 +603,10 @@ def named_template(name: str, ctx: CompileContext) -> Compiled:
     if name in ctx.named:
         return ctx.named[name]
     if name in ctx.compiling:
-        return lambda scope: ctx.named[name](scope)
+        def late(scope: Scope) -> Any:  # `name` is still being compiled: look it up when called
+            return ctx.named[name](scope)
+
+        return late
     ctx.compiling.add(name)
     compiled = compile_template(ctx.rule_set.data["templates"][name], ("templates", name), ctx)
     ctx.named[name] = compiled

@@ -56,6 +56,7 @@ __all__ = ["POOL_LIMITS", "UpstreamClient", "UpstreamRequest", "UpstreamResponse
 
 #: Per provider. A proxy multiplexes many clients onto few hosts, so the pool is larger than httpx's
 #: default (100/20), and idle connections are kept 30 s: a new TLS handshake costs more than a socket.
+#: (aiohttp caps the total only; it has no separate keep-alive count.)
 POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=30.0)
 USER_AGENT = "ccproxy-engine"
 DEFAULT_TIMEOUTS = Timeouts()
@@ -167,7 +168,7 @@ class UpstreamClient:
                 self._ssl_context = httpx.create_ssl_context()
             transport = AiohttpTransport(verify=self._ssl_context, limits=POOL_LIMITS)
         return httpx.AsyncClient(transport=transport, headers={"user-agent": USER_AGENT},
-                                 timeout=self._httpx_timeout(Timeouts()), follow_redirects=False)
+                                 timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
 
     def _httpx_timeout(self, timeouts: Timeouts) -> httpx.Timeout:
         cached = self._httpx_timeouts.get(timeouts)

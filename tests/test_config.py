@@ -221,6 +221,19 @@ def test_every_problem_is_collected(write) -> None:
                                  "(for example 'openai/gpt-4.1')")
 
 
+def test_bad_provider_name_is_reported_at_the_key(write) -> None:
+    path = write("""\
+        providers:
+          openai: {}
+          team/openai: {}
+        routes: {default: openai/gpt-4.1}
+        """)
+    [error] = errors_of(path)
+    assert at(error) == (3, 3, DiagnosticCode.SCHEMA)
+    assert error.message == ("providers: bad name 'team/openai'; provider name: letters, digits, '.', '_' "
+                             "and '-'.")
+
+
 def test_required_keys_are_reported(write) -> None:
     path = write("""\
         server: {port: 1234}
@@ -324,7 +337,7 @@ def test_unknown_rules_error_when_routed_and_warning_when_unused(write) -> None:
         routes: {default: openai/gpt-4.1, think: gemini/gemini-2.5-pro}
         """)
     [error, warning] = check_config(path, {}, available_rules=["openai", "mistral"])
-    assert (*at(error), error.severity) == (3, 11, DiagnosticCode.UNKNOWN_RULES, "error")
+    assert (*at(error), error.severity) == (3, 3, DiagnosticCode.UNKNOWN_RULES, "error")
     assert "provider 'gemini' is used by routes.think" in error.message
     assert (*at(warning), warning.severity) == (4, 20, DiagnosticCode.UNKNOWN_RULES, "warning")
     assert "rule set 'mistrall' does not exist (did you mean 'mistral'?)" in warning.message

@@ -11,14 +11,15 @@ import gzip
 import queue
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
 import httpx
 import pytest
-from fakes import Receive, Scope, Send, aserve_app
+from fakes import serve_app
+from fakes.server import Receive, Scope, Send
 
 from ccproxy_engine._config import Timeouts
 from ccproxy_engine._errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeoutError
@@ -85,7 +86,8 @@ async def test_compressed_body_is_decoded() -> None:
 @pytest.mark.parametrize(("raised", "expected", "words"), [
     (httpx.ConnectError("[Errno 111] Connection refused"), UpstreamConnectError,
      "cannot connect to api.example.com: [Errno 111] Connection refused"),
-    (httpx.ConnectTimeout(""), UpstreamTimeoutError, "connect timeout: no connection to api.example.com within 10 s"),
+    (httpx.ConnectTimeout(""), UpstreamTimeoutError,
+     "connect timeout: no connection to api.example.com within 10 s"),
     (httpx.PoolTimeout(""), UpstreamTimeoutError, "pool timeout"),
     (httpx.ReadTimeout(""), UpstreamTimeoutError,
      "first-byte timeout: api.example.com sent no response headers within 300 s"),
@@ -143,15 +145,18 @@ async def test_read_error_mid_body_is_a_cut_stream_and_closes_the_response() -> 
         received = []
         with pytest.raises(UpstreamConnectError, match="mid-response; the stream was cut") as caught:
             async for chunk in response.aiter_bytes():
-                received.append(chunk)
+                received.append(chunk)  # noqa: PERF401 -- the chunks before the error are the point
         assert received == [b"data: 1\n\n"]
         assert isinstance(caught.value.__cause__, httpx.ReadError)
         assert response.is_closed
 
 
 async def test_undecodable_body_is_a_protocol_error() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"not gzip at all"
+
     def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip at all")
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, content=body())
 
     async with await mock_client(handler) as client:
         response = await client.send(mock_request(stream=False))
@@ -168,7 +173,8 @@ async def slow_body(pause: float, count: int = 100) -> AsyncIterator[bytes]:
 async def test_idle_limit_shorter_than_first_byte_is_enforced_per_chunk() -> None:
     async with await mock_client(lambda req: httpx.Response(200, content=slow_body(SURE))) as client:
         response = await client.send(mock_request(timeouts=Timeouts(first_byte=SURE, idle=SHORT)))
-        with pytest.raises(UpstreamTimeoutError, match=r"idle timeout: api.example.com sent nothing for 0.3 s"):
+        idle = r"idle timeout: api\.example\.com sent nothing for 0\.3 s"
+        with pytest.raises(UpstreamTimeoutError, match=idle):
             await response.read()
         assert response.is_closed
 
@@ -178,12 +184,13 @@ async def test_total_limit_applies_to_non_streamed_calls_only() -> None:
 
     async with await mock_client(lambda req: httpx.Response(200, content=slow_body(0.05))) as client:
         response = await client.send(mock_request(stream=False, timeouts=limits))
-        with pytest.raises(UpstreamTimeoutError, match="total timeout: .* within 0.3 s"):
+        with pytest.raises(UpstreamTimeoutError, match=r"total timeout: .* within 0\.3 s"):
             await response.read()
 
-        streamed = await client.send(mock_request(stream=True, timeouts=limits))
-        chunks = [chunk async for chunk in streamed.aiter_bytes()][:8]  # 100 chunks, 5 s: no total limit
-        assert chunks[:2] == [b"0\n", b"1\n"]
+        async with await client.send(mock_request(stream=True, timeouts=limits)) as streamed:
+            chunks = streamed.aiter_bytes()
+            received = [await anext(chunks) for _ in range(12)]  # 0.6 s: twice the total limit
+        assert received[-1] == b"11\n"
 
 
 async def test_client_lifecycle_errors() -> None:
@@ -202,79 +209,99 @@ async def test_client_lifecycle_errors() -> None:
 # -- a real local upstream ----------------------------------------------------------------------------
 
 
-class ScriptedUpstream:
-    """A raw ASGI upstream; the path picks the behaviour. It runs on the server's thread, so it
-    talks to the test through thread-safe objects."""
+class Probe:
+    """What one test's requests did, seen from the upstream's side (thread-safe: the app runs on the
+    server's thread)."""
 
     def __init__(self) -> None:
         self.acks: queue.Queue[None] = queue.Queue()  # the test read a chunk; the app may send the next
         self.disconnected = threading.Event()
         self.headers: dict[str, str] = {}
 
+
+class ScriptedUpstream:
+    """A raw ASGI upstream; the path picks the behaviour. Each request reports to the probe that was
+    current when it arrived, so a module-wide server serves every test."""
+
+    def __init__(self) -> None:
+        self.probe = Probe()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        self.headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        probe = self.probe
+        probe.headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         while (await receive()).get("more_body"):
             pass
         query = {k: float(v[0]) for k, v in parse_qs(scope["query_string"].decode()).items()}
-        await getattr(self, scope["path"].strip("/").replace("-", "_"))(receive, send, **query)
+        behaviour = getattr(self, scope["path"].strip("/").replace("-", "_"))
+        await behaviour(probe, receive, send, **query)
 
-    async def start(self, send: Send, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    @staticmethod
+    async def start(send: Send, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": headers or [(b"content-type", b"text/event-stream")]})
 
-    async def hung_up(self, receive: Receive, within: float) -> bool:
+    @staticmethod
+    async def hung_up(probe: Probe, receive: Receive, within: float) -> bool:
         try:
             message = await asyncio.wait_for(receive(), within)
         except TimeoutError:
             return False
         if message["type"] == "http.disconnect":
-            self.disconnected.set()
+            probe.disconnected.set()
             return True
         return False
 
-    async def gated(self, receive: Receive, send: Send) -> None:
+    async def gated(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send)
         for index in range(1, 4):
             await send({"type": "http.response.body", "body": b"data: %d\n\n" % index, "more_body": True})
-            await asyncio.to_thread(self.acks.get, timeout=SURE)
+            await asyncio.to_thread(probe.acks.get, timeout=SURE)
         await send({"type": "http.response.body", "body": b""})
 
-    async def error(self, receive: Receive, send: Send) -> None:
+    async def error(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send, 429, [(b"content-type", b"application/json"), (b"retry-after", b"7")])
         await send({"type": "http.response.body", "body": b'{"error":{"message":"slow down"}}'})
 
-    async def slow_headers(self, receive: Receive, send: Send, delay: float) -> None:
-        if await self.hung_up(receive, delay):
+    async def slow_headers(self, probe: Probe, receive: Receive, send: Send, delay: float) -> None:
+        if await self.hung_up(probe, receive, delay):
             return
         await self.start(send)
         await send({"type": "http.response.body", "body": b"late but fine"})
 
-    async def stall(self, receive: Receive, send: Send) -> None:
+    async def stall(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send)
         await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
-        await self.hung_up(receive, 30)
+        await self.hung_up(probe, receive, 30)
 
-    async def cut(self, receive: Receive, send: Send) -> None:
+    async def cut(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send)
         await send({"type": "http.response.body", "body": b"data: partial\n\n", "more_body": True})
         raise ConnectionAbortedError("the scripted upstream drops the connection here")
 
-    async def slow_stream(self, receive: Receive, send: Send) -> None:
+    async def slow_stream(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send)
         for _ in range(600):
             await send({"type": "http.response.body", "body": b"data: tick\n\n", "more_body": True})
-            if await self.hung_up(receive, 0.05):
+            if await self.hung_up(probe, receive, 0.05):
                 return
         await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[ScriptedUpstream, str]]:
+@pytest.fixture(scope="module")
+def upstream_app() -> Iterator[tuple[ScriptedUpstream, str]]:
     app = ScriptedUpstream()
-    async with aserve_app(app) as base_url:
+    with serve_app(app) as base_url:
         yield app, base_url
+
+
+@pytest.fixture
+def server(upstream_app: tuple[ScriptedUpstream, str]) -> tuple[Probe, str]:
+    """The module's upstream with a fresh probe for this test."""
+    app, base_url = upstream_app
+    app.probe = Probe()
+    return app.probe, base_url
 
 
 @pytest.fixture(params=["aiohttp", "httpx-default"])
@@ -284,9 +311,9 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient
         yield upstream
 
 
-async def test_chunks_arrive_as_sent_without_buffering(server: tuple[ScriptedUpstream, str],
+async def test_chunks_arrive_as_sent_without_buffering(server: tuple[Probe, str],
                                                        client: UpstreamClient) -> None:
-    app, base_url = server
+    probe, base_url = server
     received = []
     async with await client.send(request(f"{base_url}/gated")) as response:
         assert response.status == 200
@@ -294,13 +321,13 @@ async def test_chunks_arrive_as_sent_without_buffering(server: tuple[ScriptedUps
         for _ in range(3):
             # the app sends the next chunk only after this one was read: nothing can sit in a buffer
             received.append(await asyncio.wait_for(anext(chunks), SURE))
-            app.acks.put(None)
+            probe.acks.put(None)
         assert [chunk async for chunk in chunks] == []
     assert received == [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
-    assert app.headers["accept-encoding"] == "identity"
+    assert probe.headers["accept-encoding"] == "identity"
 
 
-async def test_error_status_body_and_headers_are_readable(server: tuple[ScriptedUpstream, str],
+async def test_error_status_body_and_headers_are_readable(server: tuple[Probe, str],
                                                           client: UpstreamClient) -> None:
     _, base_url = server
     async with await client.send(request(f"{base_url}/error", stream=False)) as response:
@@ -319,49 +346,49 @@ async def test_refused_connection_is_a_connect_error(client: UpstreamClient) -> 
     assert SECRET not in str(caught.value)
 
 
-async def test_first_byte_timeout(server: tuple[ScriptedUpstream, str], client: UpstreamClient) -> None:
+async def test_first_byte_timeout(server: tuple[Probe, str], client: UpstreamClient) -> None:
     _, base_url = server
-    with pytest.raises(UpstreamTimeoutError, match="first-byte timeout: 127.0.0.1:[0-9]+ sent no response "
-                                                   "headers within 0.3 s"):
+    expected = r"first-byte timeout: 127\.0\.0\.1:[0-9]+ sent no response headers within 0\.3 s"
+    with pytest.raises(UpstreamTimeoutError, match=expected):
         await client.send(request(f"{base_url}/slow-headers?delay=3", timeouts=Timeouts(first_byte=SHORT)))
 
 
 async def test_a_short_idle_limit_does_not_cut_the_wait_for_headers(
-        server: tuple[ScriptedUpstream, str], client: UpstreamClient) -> None:
+        server: tuple[Probe, str], client: UpstreamClient) -> None:
     _, base_url = server
     limits = Timeouts(first_byte=SURE, idle=SHORT)
-    async with await client.send(request(f"{base_url}/slow-headers?delay=1", timeouts=limits)) as response:
+    async with await client.send(request(f"{base_url}/slow-headers?delay=0.6", timeouts=limits)) as response:
         assert await response.read() == b"late but fine"
 
 
 @pytest.mark.parametrize("first_byte", [SHORT, SURE], ids=["transport-enforced", "timer-enforced"])
-async def test_idle_timeout_mid_stream(server: tuple[ScriptedUpstream, str], client: UpstreamClient,
+async def test_idle_timeout_mid_stream(server: tuple[Probe, str], client: UpstreamClient,
                                        first_byte: float) -> None:
-    app, base_url = server
+    probe, base_url = server
     async with await client.send(request(f"{base_url}/stall",
                                          timeouts=Timeouts(first_byte=first_byte, idle=SHORT))) as response:
         chunks = response.aiter_bytes()
         assert await anext(chunks) == b"data: first\n\n"
-        with pytest.raises(UpstreamTimeoutError, match="idle timeout: .* sent nothing for 0.3 s"):
+        with pytest.raises(UpstreamTimeoutError, match=r"idle timeout: .* sent nothing for 0\.3 s"):
             await anext(chunks)
         assert response.is_closed
-    assert await asyncio.to_thread(app.disconnected.wait, SURE)
+    assert await asyncio.to_thread(probe.disconnected.wait, SURE)
 
 
-async def test_server_closing_mid_body_is_a_cut_stream(server: tuple[ScriptedUpstream, str],
+async def test_server_closing_mid_body_is_a_cut_stream(server: tuple[Probe, str],
                                                        client: UpstreamClient) -> None:
     _, base_url = server
     received = []
     async with await client.send(request(f"{base_url}/cut")) as response:
-        with pytest.raises(UpstreamConnectError, match="closed the connection mid-response; the stream was cut"):
+        with pytest.raises(UpstreamConnectError, match="mid-response; the stream was cut"):
             async for chunk in response.aiter_bytes():
-                received.append(chunk)
+                received.append(chunk)  # noqa: PERF401 -- the chunks before the error are the point
     assert received == [b"data: partial\n\n"]
 
 
-async def test_cancelling_the_consumer_closes_the_upstream(server: tuple[ScriptedUpstream, str],
+async def test_cancelling_the_consumer_closes_the_upstream(server: tuple[Probe, str],
                                                            client: UpstreamClient) -> None:
-    app, base_url = server
+    probe, base_url = server
     response = await client.send(request(f"{base_url}/slow-stream"))
     first = asyncio.Event()
 
@@ -375,15 +402,15 @@ async def test_cancelling_the_consumer_closes_the_upstream(server: tuple[Scripte
     with pytest.raises(asyncio.CancelledError):
         await task
     assert response.is_closed
-    assert await asyncio.to_thread(app.disconnected.wait, SURE)
+    assert await asyncio.to_thread(probe.disconnected.wait, SURE)
 
 
 async def test_cancelling_while_waiting_for_headers_closes_the_upstream(
-        server: tuple[ScriptedUpstream, str], client: UpstreamClient) -> None:
-    app, base_url = server
+        server: tuple[Probe, str], client: UpstreamClient) -> None:
+    probe, base_url = server
     task = asyncio.create_task(client.send(request(f"{base_url}/slow-headers?delay=30")))
     await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.to_thread(app.disconnected.wait, SURE)
+    assert await asyncio.to_thread(probe.disconnected.wait, SURE)

@@ -1,0 +1,442 @@
+"""Rule cases: the YAML files in tests/rules/<provider>/ run through that provider's compiled rules.
+
+A case file is a list of cases. Each case names an Anthropic request, what the rules must send
+upstream, an upstream reply, and what the client must get back::
+
+    - name: plain-text                 # unique in its file; the test id is "<provider>/<file>:<name>"
+      model: gpt-4.1                   # the upstream model (default gpt-4.1)
+      stream: false                    # default: the request's own "stream"; written into the request
+      request:                         # an Anthropic body (model and max_tokens default), or
+        messages: [{role: user, content: Hi}]
+      # request: {fixture: claude-code/2.1.332-read-notes/002.json}   (that file's "body")
+      expect_upstream: {messages: [{role: user, content: Hi}]}
+      upstream_reply: {body: {...}}    # or {chunks: [{...}, "[DONE]"]}, or {status: 429, body: ..., headers: ...}
+      expect_anthropic: {content: [{type: text, text: Hello}]}
+      expect_error: {status: 429, type: rate_limit_error, message_contains: slow down}
+      xfail: "why this case fails today"
+
+Matching: a mapping matches when every key it gives matches (``$absent`` asserts a key is missing);
+a list matches when it has the same length and each item matches; anything else must be equal.
+A stream's answer is its event list, each event written as ``{event: <name>, ...data}``.
+
+Every case is also pinned whole by syrupy: the upstream request (URL, headers with the key masked,
+body) and the answer (message, event list or error), so any behaviour change shows as a snapshot
+diff. Ids are deterministic (`deterministic_ids`). Every upstream body must also fit the openai
+SDK's request types. A broken case fails as ``name [file:line]: reason``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import jsonschema
+import orjson
+import pytest
+from ccproxy_engine import _stream
+from ccproxy_engine._compiler import CompiledProvider, compile_rules
+from ccproxy_engine._errors import EngineError, UpstreamProtocolError
+from ccproxy_engine._functions import deterministic_ids, new_id
+from ccproxy_engine._loader import load_rules, load_schema
+from ccproxy_engine._stream import MessageBuilder, StreamMachine
+from fakes import check_sdk_types
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from syrupy.assertion import SnapshotAssertion
+
+CASES_DIR = Path(__file__).resolve().parent
+REPO_DIR = CASES_DIR.parents[1]
+FIXTURES_DIR = REPO_DIR / "tests" / "fixtures"
+
+DEFAULT_MODEL = "gpt-4.1"
+DEFAULT_CLIENT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MAX_TOKENS = 1024
+API_KEY = "sk-test"
+ABSENT = "$absent"
+
+CASE_KEYS = frozenset({"name", "model", "stream", "request", "expect_upstream", "upstream_reply",
+                       "expect_anthropic", "expect_error", "xfail"})
+REPLY_KEYS = frozenset({"body", "chunks", "status", "headers"})
+ERROR_KEYS = frozenset({"status", "type", "message_contains"})
+
+KeyPath = tuple[str | int, ...]
+
+
+# --- cases -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Case:
+    """One case as read from its file: plain data for running, the ruamel node for line numbers."""
+
+    provider: str
+    file: Path
+    line: int
+    name: str
+    data: dict[str, Any]
+    node: CommentedMap | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        # one ":" only: pytest and syrupy split node ids at "::"
+        return f"{self.file.relative_to(CASES_DIR).as_posix()}:{self.name}"
+
+    def line_of(self, path: KeyPath) -> int:
+        """The line of the deepest value along `path` that the case file spells out."""
+        line, node = self.line, self.node
+        for key in path:
+            if isinstance(node, CommentedMap) and key in node:
+                line = node.lc.key(key)[0] + 1
+                node = node[key]
+            elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+                line = node.lc.item(key)[0] + 1
+                node = node[key]
+            else:
+                break
+        return line
+
+    def report(self, path: KeyPath, reason: str) -> str:
+        where = self.file.relative_to(REPO_DIR).as_posix()
+        return f"{self.name} [{where}:{self.line_of(path)}]: {reason}"
+
+
+def plain(value: Any) -> Any:
+    """ruamel's commented containers and scalar subclasses → dict, list, str, int, float, bool.
+    JMESPath checks types by name, so the rules must never see a CommentedMap."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"not a JSON value: {value!r}")
+
+
+def load_case_file(provider: str, path: Path) -> list[Case]:
+    """Every case in one file; a file that cannot be read becomes one failing case."""
+    try:
+        document = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+    except (OSError, YAMLError) as exc:
+        return [Case(provider, path, 1, "<unreadable>", {}, problems=[str(exc)])]
+    if not isinstance(document, CommentedSeq):
+        return [Case(provider, path, 1, "<not a list>", {}, problems=["a case file is a list of cases"])]
+    cases: list[Case] = []
+    for index, node in enumerate(document):
+        line = document.lc.item(index)[0] + 1
+        if not isinstance(node, CommentedMap):
+            cases.append(Case(provider, path, line, f"<case {index}>", {}, problems=["a case is a mapping"]))
+            continue
+        case = Case(provider, path, line, str(node.get("name") or f"<case {index}>"), plain(node), node)
+        case.problems = [case.report(p, reason) for p, reason in case_problems(case.data)]
+        if any(other.name == case.name for other in cases):
+            case.problems.append(case.report(("name",), "a case with this name comes earlier in the file"))
+        cases.append(case)
+    return cases
+
+
+def case_problems(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+    """Shape errors in a case: unknown or missing keys, and replies that do not fit `stream`."""
+    for key in data.keys() - CASE_KEYS:
+        yield (key,), f"unknown key {key!r} (known: {', '.join(sorted(CASE_KEYS))})"
+    if not isinstance(data.get("name"), str):
+        yield ("name",), "'name' is required"
+    request = data.get("request")
+    if not isinstance(request, dict):
+        yield ("request",), "'request' is required: an Anthropic body or {fixture: <path>}"
+    elif "fixture" in request and len(request) != 1:
+        yield ("request",), "a fixture request has no other keys"
+    reply = data.get("upstream_reply")
+    if reply is not None:
+        if not isinstance(reply, dict):
+            yield ("upstream_reply",), "upstream_reply is a mapping"
+            return
+        for key in reply.keys() - REPLY_KEYS:
+            yield ("upstream_reply", key), f"unknown key {key!r} (known: {', '.join(sorted(REPLY_KEYS))})"
+        if "status" not in reply and ("body" in reply) == ("chunks" in reply):
+            yield ("upstream_reply",), "give 'body' (a whole answer) or 'chunks' (a stream), not both"
+    expected_error = data.get("expect_error")
+    if isinstance(expected_error, dict):
+        for key in expected_error.keys() - ERROR_KEYS:
+            yield ("expect_error", key), f"unknown key {key!r} (known: {', '.join(sorted(ERROR_KEYS))})"
+
+
+def collect_cases() -> list[Case]:
+    return [case
+            for provider_dir in sorted(p for p in CASES_DIR.iterdir() if p.is_dir() and p.name[0] not in "._")
+            for path in sorted(provider_dir.glob("*.yaml"))
+            for case in load_case_file(provider_dir.name, path)]
+
+
+def case_param(case: Case) -> Any:
+    reason = case.data.get("xfail")
+    marks = [pytest.mark.xfail(reason=str(reason), strict=True)] if reason else []
+    return pytest.param(case, id=case.id, marks=marks)
+
+
+# --- matching ----------------------------------------------------------------------------------
+
+
+def show(value: Any, limit: int = 200) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def show_path(path: KeyPath) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
+
+
+def mismatches(expected: Any, actual: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:
+    """Where `actual` does not match `expected` (the module docstring says how they match)."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            yield path, f"expected an object, got {show(actual)}"
+            return
+        for key, want in expected.items():
+            if want == ABSENT:
+                if key in actual:
+                    yield (*path, key), f"expected no such key, got {show(actual[key])}"
+            elif key not in actual:
+                yield (*path, key), f"missing; the object has {show(sorted(actual))}"
+            else:
+                yield from mismatches(want, actual[key], (*path, key))
+    elif isinstance(expected, list):
+        if not isinstance(actual, list):
+            yield path, f"expected a list, got {show(actual)}"
+        elif len(expected) != len(actual):
+            yield path, f"expected {len(expected)} items, got {len(actual)}: {show(actual, 600)}"
+        else:
+            for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+                yield from mismatches(want, got, (*path, index))
+    elif not _same_scalar(expected, actual):
+        yield path, f"expected {show(expected)}, got {show(actual)}"
+
+
+def _same_scalar(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(actual, bool) or expected is None or actual is None:
+        return expected is actual
+    if isinstance(expected, int | float) and isinstance(actual, int | float):
+        return expected == actual
+    return type(expected) is type(actual) and expected == actual
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def compiled_providers() -> dict[str, CompiledProvider]:
+    """The built-in rules, compiled once for the whole session."""
+    rule_sets, diagnostics = load_rules()
+    providers, problems = compile_rules(rule_sets)
+    errors = [d.format() for d in (*diagnostics, *problems) if d.severity == "error"]
+    assert not errors, "\n".join(errors)
+    return providers
+
+
+@functools.cache
+def anthropic_request_schema() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema("anthropic.messages.schema.json"))
+
+
+@functools.cache
+def fixture_body(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads((FIXTURES_DIR / name).read_bytes())["body"]
+    return body
+
+
+def provider_scope(provider: str) -> dict[str, Any]:
+    return {"name": provider, "base_url": f"https://api.{provider}.test/v1", "api_key": API_KEY,
+            "headers": {}}
+
+
+def request_body(case: Case) -> dict[str, Any]:
+    """The Anthropic body a client would send (a fresh copy: rules must not see another case's edits)."""
+    request = case.data["request"]
+    if "fixture" in request:
+        body = orjson.loads(orjson.dumps(fixture_body(request["fixture"])))
+    else:
+        body = {"model": DEFAULT_CLIENT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS,
+                **orjson.loads(orjson.dumps(request))}
+    if "stream" in case.data:
+        body["stream"] = case.data["stream"]
+    assert isinstance(body, dict)
+    return body
+
+
+def mask(text: str) -> str:
+    return text.replace(API_KEY, "<api_key>")
+
+
+def error_view(exc: EngineError) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": exc.status, "type": exc.error_type, "message": exc.message}
+    if exc.headers:
+        view["headers"] = exc.headers
+    return view
+
+
+def reply_bytes(body: Any) -> bytes:
+    """An upstream body as sent: a string as it is (an HTML error page), anything else as JSON."""
+    return body.encode() if isinstance(body, str) else orjson.dumps(body)
+
+
+def whole_message(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
+                  raw: bytes) -> dict[str, Any]:
+    """What `_app` does with a non-streamed answer: decode, feed a `MessageBuilder`, build."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(provider.name, f"answer is not JSON: {raw[:200]!r}") from None
+    builder = MessageBuilder(provider=provider.name, message_id=new_id("msg_"), model=client_model,
+                             tool_names=tool_names, sign=provider.signer(model))
+    for delta in provider.new_decoder(stream=False).decode(answer):
+        builder.feed(delta)
+    return builder.build()
+
+
+def stream_events(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
+                  chunks: list[Any]) -> list[dict[str, Any]]:
+    """What `_app` does with a 200 stream: one SSE record per chunk, then EOF."""
+    machine = StreamMachine(provider=provider.name, message_id=new_id("msg_"), model=client_model,
+                            tool_names=tool_names, sign=provider.signer(model))
+    decoder = provider.new_decoder(stream=True)
+    events = machine.start()
+    try:
+        for chunk in chunks:
+            data = chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode()
+            if data == decoder.done_marker:
+                continue
+            try:
+                record = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError(provider.name, f"stream record is not JSON: {data[:200]}") from None
+            for delta in decoder.decode(record):
+                events += machine.feed(delta)
+            if machine.is_done:
+                break
+        events += machine.finish()
+    except EngineError as exc:
+        events += machine.fail(exc.error_type, exc.message)
+    return [{"event": name, **payload} for name, payload in events]
+
+
+@dataclass(slots=True)
+class Outcome:
+    upstream: dict[str, Any] | None = None
+    answer: Any = None
+    error: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def run_case(case: Case) -> Outcome:
+    data = case.data
+    provider = compiled_providers()[case.provider]
+    model = data.get("model", DEFAULT_MODEL)
+    body = request_body(case)
+    outcome = Outcome()
+    schema_error = jsonschema.exceptions.best_match(anthropic_request_schema().iter_errors(body))
+    if schema_error is not None:
+        where = show_path(tuple(schema_error.absolute_path)) or "body"
+        outcome.problems.append(case.report(("request",), f"not a valid Anthropic request: {where}: "
+                                                          f"{schema_error.message}"))
+        return outcome
+    try:
+        prepared = provider.build_request(body, model=model, provider=provider_scope(case.provider),
+                                          stream=bool(body.get("stream")))
+    except EngineError as exc:
+        outcome.error = error_view(exc)
+        return outcome
+    outcome.upstream = {"url": mask(prepared.url), "headers": {k: mask(v) for k, v in prepared.headers.items()},
+                        "body": prepared.body}
+    outcome.problems += [case.report(("request",), f"upstream body leaves the openai SDK types: {problem}")
+                         for problem in check_sdk_types(prepared.body)]
+    reply = data.get("upstream_reply")
+    if reply is None:
+        return outcome
+    client_model = str(body.get("model"))
+    try:
+        if "status" in reply and not 200 <= reply["status"] < 300:
+            retry_after = {k.lower(): str(v) for k, v in (reply.get("headers") or {}).items()}.get("retry-after")
+            raise provider.map_error(reply["status"], reply_bytes(reply.get("body", "")), retry_after)
+        if "chunks" in reply:
+            outcome.answer = stream_events(provider, model, client_model, prepared.tool_names, reply["chunks"])
+        else:
+            outcome.answer = whole_message(provider, model, client_model, prepared.tool_names,
+                                           reply_bytes(reply["body"]))
+    except EngineError as exc:
+        outcome.error = error_view(exc)
+    return outcome
+
+
+def check_expectations(case: Case, outcome: Outcome) -> list[str]:
+    data = case.data
+    problems = list(outcome.problems)
+    if "expect_upstream" in data:
+        if outcome.upstream is None:
+            problems.append(case.report(("expect_upstream",), f"no upstream request was built: {outcome.error}"))
+        else:
+            problems += [case.report(("expect_upstream", *path), f"upstream {show_path(path) or 'body'}: {reason}")
+                         for path, reason in mismatches(data["expect_upstream"], outcome.upstream["body"])]
+    if "expect_anthropic" in data:
+        if outcome.answer is None:
+            problems.append(case.report(("expect_anthropic",), f"no answer: {outcome.error or 'no upstream_reply'}"))
+        else:
+            problems += [case.report(("expect_anthropic", *path), f"answer {show_path(path) or '(whole)'}: {reason}")
+                         for path, reason in mismatches(data["expect_anthropic"], outcome.answer)]
+    expected_error = data.get("expect_error")
+    if expected_error is not None:
+        problems += error_problems(case, expected_error, outcome.error)
+    elif outcome.error is not None:
+        problems.append(case.report((), f"unexpected error: {outcome.error}"))
+    return problems
+
+
+def error_problems(case: Case, expected: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
+    if error is None:
+        return [case.report(("expect_error",), "expected an error, got none")]
+    problems = [case.report(("expect_error", key), f"error {key}: expected {show(expected[key])}, got {show(error[key])}")
+                for key in ("status", "type") if key in expected and expected[key] != error[key]]
+    needle = expected.get("message_contains")
+    if needle is not None and str(needle) not in error["message"]:
+        problems.append(case.report(("expect_error", "message_contains"),
+                                    f"error message {show(error['message'])} does not contain {show(needle)}"))
+    return problems
+
+
+# --- the test ----------------------------------------------------------------------------------
+
+
+CASES = collect_cases()
+
+
+@pytest.mark.parametrize("case", [case_param(case) for case in CASES])
+def test_rule_case(case: Case, snapshot: SnapshotAssertion) -> None:
+    if case.problems:
+        pytest.fail("\n".join(case.problems), pytrace=False)
+    with deterministic_ids(), mock.patch.object(_stream, "new_tool_use_id", lambda: new_id("toolu_")):
+        outcome = run_case(case)
+    problems = check_expectations(case, outcome)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+    if outcome.upstream is not None:
+        assert outcome.upstream == snapshot(name="upstream")
+    if outcome.answer is not None:
+        assert outcome.answer == snapshot(name="answer")
+    if outcome.error is not None:
+        assert outcome.error == snapshot(name="error")
+
+
+def test_case_names_are_unique_and_every_provider_has_cases() -> None:
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids))
+    assert {case.provider for case in CASES} >= set(compiled_providers())
