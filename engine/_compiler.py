@@ -503,7 +503,10 @@ def compile_rules(rule_sets: Mapping[str, RuleSet]) -> tuple[dict[str, CompiledP
         diagnostics.extend(problems)
         if provider is not None:
             providers[name] = provider
-    return providers, diagnostics
+    # a selector shared by response: and stream:, or a value a child inherits, is compiled more
+    # than once; report each problem once
+    unique = {(d.path, d.line, d.col, d.message): d for d in diagnostics}
+    return providers, list(unique.values())
 
 
 def require_providers(rule_sets: Mapping[str, RuleSet]) -> dict[str, CompiledProvider]:

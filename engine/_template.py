@@ -222,14 +222,16 @@ def _path_getter(name: str, parts: tuple[str | int, ...]) -> Compiled:
 
 def _check_names(ast: nodes.Node, pos: SourcePosition, offset: int, text: str, ctx: CompileContext) -> bool:
     """Report variables that nothing defines; Jinja would silently treat them as undefined."""
+    # find_all yields descendants only: `{{ name }}` alone is a Name with none
+    names = [*([ast] if isinstance(ast, nodes.Name) else []), *ast.find_all(nodes.Name)]
     if isinstance(ast, nodes.Template):
         unknown = meta.find_undeclared_variables(ast) - ctx.scope_names
     else:
-        unknown = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - ctx.scope_names
+        unknown = {n.name for n in names if n.ctx == "load"} - ctx.scope_names
     for name in sorted(unknown):
         hint = difflib.get_close_matches(name, sorted(ctx.scope_names), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        lineno = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == name), 1)
+        lineno = next((n.lineno for n in names if n.name == name), 1)
         ctx.report(_jinja_position(pos, text, offset, lineno), DiagnosticCode.BAD_TEMPLATE,
                    f"unknown variable '{name}'{suggestion}")
     return not unknown
@@ -384,11 +386,12 @@ def _field_path(tree: dict[str, Any]) -> tuple[str | int, ...] | None:
             path += part
         return path
     if kind == "index_expression":
-        left_node, right_node = tree["children"]
+        # `a[0][1]` is one node with children [a, 0, 1]
+        left_node, *indexes = tree["children"]
         left = _field_path(left_node) if left_node["type"] != "identity" else ()
-        if left is None or right_node["type"] != "index":
+        if left is None or any(index["type"] != "index" for index in indexes):
             return None
-        return (*left, right_node["value"])
+        return (*left, *(index["value"] for index in indexes))
     return None
 
 

@@ -37,17 +37,18 @@ from unittest import mock
 import jsonschema
 import orjson
 import pytest
+from fakes import check_sdk_types
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from syrupy.assertion import SnapshotAssertion
+
 from ccproxy_engine import _stream
 from ccproxy_engine._compiler import CompiledProvider, compile_rules
 from ccproxy_engine._errors import EngineError, UpstreamProtocolError
 from ccproxy_engine._functions import deterministic_ids, new_id
 from ccproxy_engine._loader import load_rules, load_schema
 from ccproxy_engine._stream import MessageBuilder, StreamMachine
-from fakes import check_sdk_types
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
-from syrupy.assertion import SnapshotAssertion
 
 CASES_DIR = Path(__file__).resolve().parent
 REPO_DIR = CASES_DIR.parents[1]
@@ -251,7 +252,8 @@ def anthropic_request_schema() -> jsonschema.Draft202012Validator:
 
 @functools.cache
 def fixture_body(name: str) -> dict[str, Any]:
-    body: dict[str, Any] = orjson.loads((FIXTURES_DIR / name).read_bytes())["body"]
+    body = orjson.loads((FIXTURES_DIR / name).read_bytes())["body"]
+    assert isinstance(body, dict)
     return body
 
 
@@ -301,7 +303,8 @@ def whole_message(provider: CompiledProvider, model: str, client_model: str, too
                              tool_names=tool_names, sign=provider.signer(model))
     for delta in provider.new_decoder(stream=False).decode(answer):
         builder.feed(delta)
-    return builder.build()
+    message: dict[str, Any] = builder.build()
+    return message
 
 
 def stream_events(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
@@ -404,7 +407,8 @@ def check_expectations(case: Case, outcome: Outcome) -> list[str]:
 def error_problems(case: Case, expected: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
     if error is None:
         return [case.report(("expect_error",), "expected an error, got none")]
-    problems = [case.report(("expect_error", key), f"error {key}: expected {show(expected[key])}, got {show(error[key])}")
+    problems = [case.report(("expect_error", key),
+                            f"error {key}: expected {show(expected[key])}, got {show(error[key])}")
                 for key in ("status", "type") if key in expected and expected[key] != error[key]]
     needle = expected.get("message_contains")
     if needle is not None and str(needle) not in error["message"]:
