@@ -136,7 +136,15 @@ def load_case_file(provider: str, path: Path) -> list[Case]:
         if not isinstance(node, CommentedMap):
             cases.append(Case(provider, path, line, f"<case {index}>", {}, problems=["a case is a mapping"]))
             continue
-        case = Case(provider, path, line, str(node.get("name") or f"<case {index}>"), plain(node), node)
+        name = str(node.get("name") or f"<case {index}>")
+        try:
+            data = plain(node)
+        except TypeError as exc:  # e.g. an unquoted date: YAML reads it as a timestamp
+            broken = Case(provider, path, line, name, {}, node)
+            broken.problems.append(broken.report((), str(exc)))
+            cases.append(broken)
+            continue
+        case = Case(provider, path, line, name, data, node)
         case.problems = [case.report(p, reason) for p, reason in case_problems(case.data)]
         if any(other.name == case.name for other in cases):
             case.problems.append(case.report(("name",), "a case with this name comes earlier in the file"))
@@ -150,6 +158,10 @@ def case_problems(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
         yield (key,), f"unknown key {key!r} (known: {', '.join(sorted(CASE_KEYS))})"
     if not isinstance(data.get("name"), str):
         yield ("name",), "'name' is required"
+    if not isinstance(data.get("model", DEFAULT_MODEL), str):
+        yield ("model",), "'model' is an upstream model name"
+    if not isinstance(data.get("stream", False), bool):
+        yield ("stream",), "'stream' is true or false"
     request = data.get("request")
     if not isinstance(request, dict):
         yield ("request",), "'request' is required: an Anthropic body or {fixture: <path>}"
