@@ -233,6 +233,8 @@ class ErrorMap:
     by_code: dict[str, str]
     status: dict[int, int]
     context_overflow: Selector
+    context_used: Selector
+    context_limit: Selector
 
     def to_exception(self, status: int, body: bytes, retry_after: str | None = None) -> UpstreamStatusError:
         """An upstream non-2xx answer as the error an Anthropic client would have received."""
@@ -256,7 +258,7 @@ class ErrorMap:
         if overflow:
             # Claude Code compacts on a message that starts with this phrase; the provider tag that
             # UpstreamError puts first goes after it (as in `describe_inline`)
-            error.message = f"prompt is too long: [{self.provider}] {message}"
+            error.message = self._overflow_message(data, message)
             error.args = (error.message,)
         return error
 
@@ -269,8 +271,16 @@ class ErrorMap:
         if code in self.by_code:
             return self.by_code[code], f"[{self.provider}] {message}"
         if self.context_overflow(wrapped):
-            return "invalid_request_error", f"prompt is too long: [{self.provider}] {message}"
+            return "invalid_request_error", self._overflow_message(wrapped, message)
         return _INLINE_TYPES.get(str(code), "api_error"), f"[{self.provider}] {message}"
+
+    def _overflow_message(self, data: Any, message: str) -> str:
+        """Anthropic's wording, which Claude Code's auto-compaction looks for: ``prompt is too long:
+        <used> tokens > <limit> maximum``, when the rules can read both counts."""
+        used, limit = self.context_used(data), self.context_limit(data)
+        if _is_count(used) and _is_count(limit):
+            return f"prompt is too long: {used} tokens > {limit} maximum ([{self.provider}] {message})"
+        return f"prompt is too long: [{self.provider}] {message}"
 
     def _message(self, data: Any) -> str | None:
         value = self.message(data) if data is not None else None
@@ -285,6 +295,10 @@ class ErrorMap:
                 return str(value)
         value = self.code(data)
         return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 _STATUS_FOR_TYPE = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
@@ -491,6 +505,8 @@ def _compile_errors(provider: str, section: dict[str, Any], ctx: CompileContext)
         by_code={str(k): str(v) for k, v in (section.get("by_code") or {}).items()},
         status={int(k): int(v) for k, v in (section.get("status") or {}).items()},
         context_overflow=_selector(section, "context_overflow", key_path, ctx),
+        context_used=_selector(section, "context_used", key_path, ctx),
+        context_limit=_selector(section, "context_limit", key_path, ctx),
     )
 
 

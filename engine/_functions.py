@@ -60,6 +60,7 @@ _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
 _VALID_NAME_CHARS = re.compile(r"[a-zA-Z0-9_-]+")
 _INVALID_NAME_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_INTEGER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?![\w-]|[.,]\d)")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -183,6 +184,15 @@ def data_url(source: JSON) -> str | None:
     if kind == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
     return None
+
+
+def integers(text: JSON) -> list[int]:
+    """The whole numbers written in a text, in order (digits grouped with "," are read as one
+    number); [] for anything that is not a string. Rules use it to read token counts out of error
+    messages."""
+    if not isinstance(text, str):
+        return []
+    return [int(match.replace(",", "")) for match in _INTEGER.findall(text)]
 
 
 # -- reasoning -------------------------------------------------------------------------------------
@@ -328,6 +338,10 @@ class EngineFunctions(functions.Functions):  # type: ignore[misc]  # jmespath sh
     def _func_text_of(self, content: JSON, *extra: JSON) -> str:
         return text_of(content, _optional_arg("text_of", 1, extra, "string", "\n"))
 
+    @signature({"types": []})
+    def _func_integers(self, text: JSON) -> list[int]:
+        return integers(text)
+
     @signature({"types": ["number", "null"]})
     def _func_effort_from_budget(self, budget_tokens: float | None) -> str | None:
         return effort_from_budget(budget_tokens)
@@ -360,6 +374,7 @@ JINJA_FILTERS: dict[str, Callable[..., Any]] = {
     "blocks": blocks,
     "data_url": data_url,
     "effort_from_budget": effort_from_budget,
+    "integers": integers,
     "decode_signature": decode_signature,
     "is_engine_signature": is_engine_signature,
 }
@@ -606,6 +621,19 @@ _DOCS = (
                 {"type": "object", "properties": {"format": {"type": "string"}}},
                 "the property named format survives; its format keyword does not",
             ),
+        ),
+    ),
+    FunctionDoc(
+        "integers", "both",
+        "The whole numbers written in a text, in order (`128,000` reads as one number); an empty "
+        "list for anything but a string. Reads token counts out of provider error messages.",
+        "Content",
+        (Param("text", "any", "usually an error message"),),
+        "array",
+        (
+            Example(("Maximum context length is 128000 tokens; you sent 130512 tokens.",), [128000, 130512]),
+            Example(("limit 1,048,576 exceeded by gemini-2.5-pro",), [1048576]),
+            Example((None,), []),
         ),
     ),
     FunctionDoc(

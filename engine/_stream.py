@@ -8,8 +8,6 @@ I/O, no clocks; the caller writes the events and decides when to `ping()`.
 from __future__ import annotations
 
 import logging
-import random
-import string
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 import orjson
 
 from ._errors import STATUS_ERROR_TYPES, UpstreamProtocolError, UpstreamStatusError
+from ._functions import new_id
 from ._types import (
     Delta,
     ErrorDelta,
@@ -34,8 +33,6 @@ __all__ = ["MessageBuilder", "StreamMachine", "new_message_id", "new_tool_use_id
 
 logger = logging.getLogger("ccproxy_engine.stream")
 
-_BASE62 = string.ascii_letters + string.digits
-_RANDOM = random.Random()  # ids need uniqueness, not secrecy; `secrets` costs ~10x more per id
 
 _TEXT, _THINKING, _TOOL = "text", "thinking", "tool_use"
 
@@ -44,13 +41,13 @@ _ERROR_STATUSES: dict[str, int] = {error_type: status for status, error_type in 
 
 
 def new_message_id() -> str:
-    """``msg_`` + 24 base62 characters."""
-    return "msg_" + "".join(_RANDOM.choices(_BASE62, k=24))
+    """``msg_`` + 24 base62 characters (from `_functions.new_id`, so tests can make ids deterministic)."""
+    return new_id("msg_")
 
 
 def new_tool_use_id() -> str:
     """``toolu_`` + 24 base62 characters, for a tool call whose upstream sent no id."""
-    return "toolu_" + "".join(_RANDOM.choices(_BASE62, k=24))
+    return new_id("toolu_")
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +138,11 @@ def _stop_reason(finish: FinishDelta, saw_tool_use: bool) -> str:
     if reason == "tool_use" and not saw_tool_use:
         return "end_turn"
     return reason
+
+
+def _unknown_finish(finish: FinishDelta) -> str:
+    """An unknown finish reason with nothing produced is a failure, not an empty end_turn (4.7)."""
+    return f"upstream stopped with finish reason '{finish.raw}' and produced no content"
 
 
 def _tagged(provider: str, message: str) -> str:
@@ -258,6 +260,8 @@ class StreamMachine:
         if self._finish is None:
             what = "ended prematurely" if self._next_index else "ended without a response"
             return self.fail("api_error", f"[{self._provider}] upstream stream {what}")
+        if self._finish.stop_reason is None and not self._next_index:
+            return self.fail("api_error", f"[{self._provider}] {_unknown_finish(self._finish)}")
         out: list[SSEEvent] = [] if self._started else self.start()
         self._close(out)
         _drop_unnamed(self._provider, self._tools.calls)
@@ -456,6 +460,8 @@ class MessageBuilder:
                 raise UpstreamProtocolError(self._provider,
                                             "upstream answer had no content and no finish reason")
             finish = FinishDelta("end_turn")
+        if finish.stop_reason is None and not self._blocks:
+            raise UpstreamProtocolError(self._provider, _unknown_finish(finish))
         _drop_unnamed(self._provider, self._tools.calls)
         content = [self._render(block) for block in self._blocks]
         reason = _stop_reason(finish, any(block.kind is _TOOL for block in self._blocks))

@@ -75,10 +75,16 @@ def _none_for_undefined(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _empty_for_none(value: Any) -> Any:
+    """In mixed text a none prints as nothing, never as the word "None" (`Bearer {{ key }}`)."""
+    return "" if value is None else value
+
+
 def _make_environment() -> RuleEnvironment:
     # like the plain-path fast path and JMESPath: `a.b.c` with no `a.b` is none, not an error, so
     # adding a filter (`a.b.c | default(1)`) to a path that worked never makes it fail
-    env = RuleEnvironment(autoescape=False, keep_trailing_newline=True, undefined=ChainableUndefined)
+    env = RuleEnvironment(autoescape=False, keep_trailing_newline=True, undefined=ChainableUndefined,
+                          finalize=_empty_for_none)
     env.filters.update({name: _none_for_undefined(fn) for name, fn in JINJA_FILTERS.items()})
     return env
 
@@ -496,7 +502,11 @@ def _value(node: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContex
 
 def _each(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:
     source = _value(node, "$each", key_path, ctx)
-    name = str(node.get("as", "item"))
+    name = node.get("as", "item")
+    if not isinstance(name, str) or not name.isidentifier():
+        ctx.report(ctx.position((*key_path, "as")), DiagnosticCode.BAD_DIRECTIVE,
+                   f"$each 'as' must be a variable name, not {name!r}")
+        return _fail_at_runtime(ctx.position(key_path))  # its body would only add follow-on errors
     body = compile_template(node.get("do", f"{{{{ {name} }}}}"), (*key_path, "do"), ctx)
     condition = _value(node, "if", key_path, ctx) if "if" in node else None
 
@@ -586,6 +596,10 @@ def _use(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compil
         return lambda scope: None
     target = named_template(name, ctx)
     arguments = node.get("with") or {}
+    if not isinstance(arguments, dict):
+        ctx.report(ctx.position((*key_path, "with")), DiagnosticCode.BAD_DIRECTIVE,
+                   "$use 'with' must be a mapping of name → value")
+        arguments = {}
     bindings = [(arg, compile_template(value, (*key_path, "with", arg), ctx))
                 for arg, value in arguments.items()]
 

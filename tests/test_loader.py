@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ccproxy_engine._errors import Diagnostic, DiagnosticCode, RuleError
 from ccproxy_engine._loader import (
     BUILTIN_RULES_DIR,

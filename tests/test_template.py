@@ -14,6 +14,7 @@ from typing import Any
 
 import jmespath
 import pytest
+
 from ccproxy_engine._compiler import fail
 from ccproxy_engine._errors import DiagnosticCode, RequestError, RuleRuntimeError
 from ccproxy_engine._functions import JMESPATH_OPTIONS
@@ -115,6 +116,16 @@ def test_mixed_text_renders_a_string(tmp_path: Path, source: str, x: Any, expect
     value = run(template(tmp_path, source), x=x)
     assert value == expected
     assert type(value) is str
+
+
+def test_none_renders_as_nothing_in_mixed_text(tmp_path: Path) -> None:
+    fn = template(tmp_path, """\
+        auth: "Bearer {{ x.key }}"
+        title: "{{ x.title }} ({{ x.source }})"
+        falsy: "{{ x.zero }}/{{ x.no }}"
+    """)
+    assert run(fn, x={"key": None, "source": "web", "zero": 0, "no": False}) == {
+        "auth": "Bearer ", "title": " (web)", "falsy": "0/False"}
 
 
 def test_plain_strings_are_literals(tmp_path: Path) -> None:
@@ -381,6 +392,8 @@ def test_directive_arguments_of_the_wrong_shape(tmp_path: Path) -> None:
           c: {$merge: {a: 1}}
           d: {$select: 5}
           e: {$use: mesages}
+          f: {$use: messages, with: [x]}
+          g: {$each: x, as: 5}
           messages: []
     """)
     assert spots(ctx) == [
@@ -389,6 +402,8 @@ def test_directive_arguments_of_the_wrong_shape(tmp_path: Path) -> None:
         (4, 15, DiagnosticCode.BAD_DIRECTIVE, "$merge needs a list of mappings"),
         (5, 16, DiagnosticCode.BAD_SELECTOR, "$select needs a JMESPath expression"),
         (6, 13, DiagnosticCode.UNKNOWN_TEMPLATE, "unknown template 'mesages' (did you mean 'messages'?)"),
+        (7, 29, DiagnosticCode.BAD_DIRECTIVE, "$use 'with' must be a mapping of name → value"),
+        (8, 21, DiagnosticCode.BAD_DIRECTIVE, "$each 'as' must be a variable name, not 5"),
     ]
 
 
@@ -752,9 +767,9 @@ def test_fail_raises_a_request_error_that_is_not_wrapped(tmp_path: Path) -> None
     assert type(caught.value) is RequestError
     assert caught.value.message == "model gpt-3.5 does not accept images"
     assert (caught.value.status, caught.value.error_type) == (400, "invalid_request_error")
-    with pytest.raises(RequestError, match="^no thing$"):
+    with pytest.raises(RequestError, match=r"^no thing$"):
         run(compiled["text"], x="thing")
-    with pytest.raises(RequestError, match="^bad value$"):
+    with pytest.raises(RequestError, match=r"^bad value$"):
         run(compiled["nested"], x="bad")
     assert run(compiled["nested"], x="good") == ["ok"]
 

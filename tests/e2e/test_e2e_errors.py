@@ -191,7 +191,7 @@ def test_body_that_is_not_an_object_is_a_400(http: httpx.Client) -> None:
         ({"model": MODEL, "max_tokens": 64, "messages": [
             {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": [{"type": "tool_use", "name": "get_weather", "input": {}}]},
-        ]}, "id"),
+        ]}, "messages.1.content.0: 'id'"),
         ({"model": MODEL, "max_tokens": "many", "messages": user("Hi")}, "max_tokens"),
     ],
     ids=["missing-max_tokens", "bad-role", "tool_use-without-id", "max_tokens-not-int"],
