@@ -33,16 +33,16 @@ from ._errors import (
     NotFoundError,
     RequestError,
     UpstreamError,
-    UpstreamProtocolError,
     error_envelope,
     error_type_for_status,
 )
 from ._functions import new_id
 from ._loader import load_schema
 from ._router import Route, Router
-from ._sse import SSEDecoder, encode_events
+from ._sse import encode_events
 from ._stream import MessageBuilder, StreamMachine
 from ._tokens import TokenCounter
+from ._translate import StreamTranslator, translate_message
 from ._upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("ccproxy_engine")
@@ -137,32 +137,49 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     engine.messages_schema.check(body)
     route = engine.router.route(body)
     target = route.primary
+    headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
+    try:
+        return await _forward(engine, body, target, headers)
+    except EngineError as exc:
+        exc.headers.setdefault("x-ccproxy-route", headers["x-ccproxy-route"])
+        raise
+
+
+async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
+                   headers: dict[str, str]) -> Response[Any]:
+    """Send `body` to `target` and answer with its translated reply (or raise its mapped error)."""
     settings, provider, scope = engine.target(target)
     is_streaming = bool(body.get("stream"))
-    estimate = asyncio.ensure_future(_count(engine.tokens, body)) if is_streaming else None
-    prepared = provider.build_request(body, model=target.model, provider=scope,
-                                      stream=is_streaming)
+    prepared = provider.build_request(body, model=target.model, provider=scope, stream=is_streaming)
     upstream_request = UpstreamRequest(
         provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
         body=orjson.dumps(prepared.body), stream=is_streaming, timeouts=settings.timeouts,
     )
-    headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
+    client_model = str(body.get("model"))
+    if not is_streaming:
+        response = await engine.upstream.send(upstream_request)
+        if response.status >= 300:
+            await _raise_upstream_error(response, provider)
+        return await _whole_message(response, provider, target, client_model, prepared.tool_names, headers)
+    # the input-token estimate for message_start is counted while the upstream thinks
+    estimate = asyncio.ensure_future(_count(engine.tokens, body))
     try:
         response = await engine.upstream.send(upstream_request)
+        if response.status >= 300:
+            await _raise_upstream_error(response, provider)
     except BaseException:
-        if estimate is not None:
-            estimate.cancel()
+        estimate.cancel()
         raise
-    if response.status >= 300:
-        await _raise_upstream_error(response, provider)
-    client_model = str(body.get("model"))
-    if estimate is None:
-        return await _whole_message(response, provider, target, client_model, prepared.tool_names, headers)
+    try:
+        input_tokens = await estimate
+    except BaseException:
+        await response.aclose()
+        raise
     machine = StreamMachine(
         provider=target.provider, message_id=new_id("msg_"), model=client_model,
-        tool_names=prepared.tool_names, sign=provider.signer(target.model), input_tokens=await estimate,
+        tool_names=prepared.tool_names, sign=provider.signer(target.model), input_tokens=input_tokens,
     )
-    events = _translate_stream(response, provider, machine)
+    events = _translate_stream(response, StreamTranslator(provider, machine))
     return Stream(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
 
@@ -181,67 +198,27 @@ async def _whole_message(response: UpstreamResponse, provider: CompiledProvider,
         raw = await response.read()
     finally:
         await response.aclose()
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(target.provider, f"answer is not JSON: {raw[:200]!r}") from None
     builder = MessageBuilder(provider=target.provider, message_id=new_id("msg_"), model=client_model,
                              tool_names=tool_names, sign=provider.signer(target.model))
-    for delta in provider.new_decoder(stream=False).decode(answer):
-        builder.feed(delta)
-    return _json_response(builder.build(), headers=headers)
+    return _json_response(translate_message(provider, raw, builder), headers=headers)
 
 
-async def _translate_stream(response: UpstreamResponse, provider: CompiledProvider,
-                            machine: StreamMachine) -> AsyncIterator[bytes]:
+async def _translate_stream(response: UpstreamResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:
     """Upstream SSE bytes → Anthropic SSE bytes. Closes the upstream however the stream ends
     (finished, failed, or the client went away)."""
-    decoder = provider.new_decoder(stream=True)
-    done = decoder.done_marker
-    sse = SSEDecoder()
     try:
-        yield encode_events(machine.start())
+        yield encode_events(translator.start())
         async for chunk in _with_keepalive(response.aiter_bytes()):
-            if chunk is None:
-                yield encode_events(machine.ping())
-                continue
-            events = []
-            for record in sse.feed(chunk):
-                if done is not None and record.data == done:
-                    continue
-                events.extend(_feed_record(record.data, decoder, machine, provider.name))
+            events = translator.ping() if chunk is None else translator.feed_bytes(chunk)
             if events:
                 yield encode_events(events)
-            if machine.is_done:
+            if translator.is_done:
                 return
-        events = []
-        for record in sse.flush():
-            if done is None or record.data != done:
-                events.extend(_feed_record(record.data, decoder, machine, provider.name))
-        events.extend(machine.finish())
-        if events:
-            yield encode_events(events)
-    except EngineError as exc:
-        logger.warning("stream failed: %s", exc.message)
-        yield encode_events(machine.fail(exc.error_type, exc.message))
-    except Exception:
-        logger.exception("stream translation failed")
-        yield encode_events(machine.fail("api_error", "internal error while translating the stream"))
+        yield encode_events(translator.finish())
+    except Exception as exc:  # an upstream failure mid-stream (cut, timeout) or our own bug
+        yield encode_events(translator.fail(exc))
     finally:
         await response.aclose()
-
-
-def _feed_record(data: str, decoder: Any, machine: StreamMachine, provider: str) -> list[tuple[str, Any]]:
-    if not data:
-        return []
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(provider, f"stream record is not JSON: {data[:200]}") from None
-    events = []
-    for delta in decoder.decode(chunk):
-        events.extend(machine.feed(delta))
-    return events
 
 
 async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:

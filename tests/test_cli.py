@@ -93,8 +93,9 @@ def test_serve_refuses_broken_rules_with_the_same_lines(tmp_path: Path) -> None:
     config.write_text("providers:\n  openai: {api_key: k}\nroutes:\n  default: openai/gpt-4.1\n")
     cli = [sys.executable, "-m", "ccproxy_engine"]
     serve = subprocess.run([*cli, "serve", "--config", str(config), "--rules", str(rule)],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    check = subprocess.run([*cli, "validate", str(rule)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    check = subprocess.run([*cli, "validate", str(rule)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                           check=False)
     assert serve.returncode == 1 and check.returncode == 1
     diagnostic = next(line for line in check.stderr.splitlines() if "[unknown-filter]" in line)
     assert diagnostic.startswith("openai.yaml:")

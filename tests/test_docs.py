@@ -26,8 +26,8 @@ def yaml_blocks() -> list[tuple[str, int, str]]:
     found = []
     for doc in ("README.md", "docs/rules.md"):
         text = (ROOT / doc).read_text()
-        for match in YAML_BLOCK.finditer(text):
-            found.append((doc, text[: match.start()].count("\n") + 2, match.group(1)))
+        found.extend((doc, text[: match.start()].count("\n") + 2, match.group(1))
+                     for match in YAML_BLOCK.finditer(text))
     return found
 
 

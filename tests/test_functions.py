@@ -13,6 +13,9 @@ import jinja2
 import jmespath
 import orjson
 import pytest
+from jmespath import exceptions as jp_exceptions
+from jmespath import functions as jp_functions
+
 from ccproxy_engine._functions import (
     CATEGORIES,
     FUNCTIONS,
@@ -38,8 +41,6 @@ from ccproxy_engine._functions import (
     strip_keys,
     text_of,
 )
-from jmespath import exceptions as jp_exceptions
-from jmespath import functions as jp_functions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 BASE62 = re.compile(r"[0-9A-Za-z]+")

@@ -7,6 +7,7 @@ import random
 import orjson
 import pytest
 from anthropic._streaming import SSEDecoder as SDKDecoder
+
 from ccproxy_engine._sse import DONE, SSEDecoder, SSERecord, encode_event, encode_events
 from ccproxy_engine._types import SSEEvent
 

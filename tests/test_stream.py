@@ -19,6 +19,8 @@ import orjson
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent
+from pydantic import TypeAdapter
+
 from ccproxy_engine import _stream
 from ccproxy_engine._errors import UpstreamProtocolError, UpstreamStatusError
 from ccproxy_engine._stream import (
@@ -38,7 +40,6 @@ from ccproxy_engine._types import (
     ToolCallDelta,
     UsageDelta,
 )
-from pydantic import TypeAdapter
 
 T, R, C, F, U, E = TextDelta, ThinkingDelta, ToolCallDelta, FinishDelta, UsageDelta, ErrorDelta
 

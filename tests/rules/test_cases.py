@@ -45,10 +45,11 @@ from syrupy.assertion import SnapshotAssertion
 
 from ccproxy_engine import _stream
 from ccproxy_engine._compiler import CompiledProvider, compile_rules
-from ccproxy_engine._errors import EngineError, UpstreamProtocolError
+from ccproxy_engine._errors import EngineError
 from ccproxy_engine._functions import deterministic_ids, new_id
 from ccproxy_engine._loader import load_rules, load_schema
 from ccproxy_engine._stream import MessageBuilder, StreamMachine
+from ccproxy_engine._translate import StreamTranslator, translate_message
 
 CASES_DIR = Path(__file__).resolve().parent
 REPO_DIR = CASES_DIR.parents[1]
@@ -306,42 +307,22 @@ def reply_bytes(body: Any) -> bytes:
 
 def whole_message(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
                   raw: bytes) -> dict[str, Any]:
-    """What `_app` does with a non-streamed answer: decode, feed a `MessageBuilder`, build."""
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(provider.name, f"answer is not JSON: {raw[:200]!r}") from None
+    """A non-streamed answer, through the app's own `translate_message`."""
     builder = MessageBuilder(provider=provider.name, message_id=new_id("msg_"), model=client_model,
                              tool_names=tool_names, sign=provider.signer(model))
-    for delta in provider.new_decoder(stream=False).decode(answer):
-        builder.feed(delta)
-    message: dict[str, Any] = builder.build()
-    return message
+    return translate_message(provider, raw, builder)
 
 
 def stream_events(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
                   chunks: list[Any]) -> list[dict[str, Any]]:
-    """What `_app` does with a 200 stream: one SSE record per chunk, then EOF."""
+    """A 200 stream, one SSE record per chunk then EOF, through the app's own `StreamTranslator`."""
     machine = StreamMachine(provider=provider.name, message_id=new_id("msg_"), model=client_model,
                             tool_names=tool_names, sign=provider.signer(model))
-    decoder = provider.new_decoder(stream=True)
-    events = machine.start()
-    try:
-        for chunk in chunks:
-            data = chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode()
-            if data == decoder.done_marker:
-                continue
-            try:
-                record = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError(provider.name, f"stream record is not JSON: {data[:200]}") from None
-            for delta in decoder.decode(record):
-                events += machine.feed(delta)
-            if machine.is_done:
-                break
-        events += machine.finish()
-    except EngineError as exc:
-        events += machine.fail(exc.error_type, exc.message)
+    translator = StreamTranslator(provider, machine)
+    events = translator.start()
+    for chunk in chunks:
+        events += translator.feed_record(chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode())
+    events += translator.finish()
     return [{"event": name, **payload} for name, payload in events]
 
 
