@@ -20,6 +20,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 import orjson
+from jinja2 import Undefined
 from litestar import Litestar, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -153,7 +154,8 @@ async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
     prepared = provider.build_request(body, model=target.model, provider=scope, stream=is_streaming)
     upstream_request = UpstreamRequest(
         provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
-        body=orjson.dumps(prepared.body), stream=is_streaming, timeouts=settings.timeouts,
+        body=orjson.dumps(prepared.body, default=_undefined_as_null), stream=is_streaming,
+        timeouts=settings.timeouts,
     )
     client_model = str(body.get("model"))
     if not is_streaming:
@@ -181,6 +183,13 @@ async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
     )
     events = _translate_stream(response, StreamTranslator(provider, machine))
     return Stream(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+def _undefined_as_null(value: Any) -> None:
+    """A Jinja undefined inside a list or dict a template built (``[a.missing]``) encodes as null."""
+    if isinstance(value, Undefined):
+        return None
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 async def _raise_upstream_error(response: UpstreamResponse, provider: CompiledProvider) -> None:

@@ -30,6 +30,7 @@ from jmespath import exceptions as jmes_exceptions
 from jmespath.visitor import TreeInterpreter
 
 from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
+from ._expressions import compile_native, compile_native_text
 from ._functions import JINJA_FILTERS, JMESPATH_OPTIONS, EngineFunctions
 from ._loader import KeyPath, RuleSet, SourcePosition
 
@@ -159,6 +160,9 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     path = _plain_path(expr)
     if path is not None:
         return _path_getter(*path)
+    native = compile_native(expr, ENVIRONMENT)
+    if native is not None:
+        return _guard(_defined(native), pos, text)
     body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
     try:
         template = ENVIRONMENT.from_string(nodes.Template(body, lineno=1))
@@ -178,6 +182,14 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     return _guard(evaluate, pos, text)
 
 
+def _defined(native: Compiled) -> Compiled:
+    def evaluate(scope: Scope) -> Any:
+        value = native(scope)
+        return None if isinstance(value, Undefined) else value
+
+    return evaluate
+
+
 def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
     """Compile a string that mixes text with ``{{ }}``/``{% %}``; it renders to a string."""
     pos = ctx.position(key_path)
@@ -186,6 +198,9 @@ def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
         if not _check_names(ast, pos, 0, text, ctx):
             return _fail_at_runtime(pos)
         template = ENVIRONMENT.from_string(text)
+        native = compile_native_text(ast, ENVIRONMENT)
+        if native is not None:
+            return _guard(native, pos, text)
     except TemplateError as exc:
         _report_jinja(exc, pos, 0, text, ctx)
         return _fail_at_runtime(pos)

@@ -1,0 +1,224 @@
+"""Jinja expressions compiled straight to Python closures.
+
+Jinja evaluates an expression by building a fresh render context and running a generated template
+function, about 3 µs a call before any work is done; a request runs dozens of expressions. Rules use
+a small part of the expression language (names, attributes, items, literals, filters, tests,
+comparisons, boolean logic, conditionals, ``~``, arithmetic and calls), so `compile_native` turns
+that part into nested closures with the same meaning, and returns None for anything else so the
+caller keeps Jinja's own evaluation for it. Filters that ask for the render context (Jinja's
+``select``, ``map``, ``selectattr``, ...) get one shared empty context: they use it only to reach
+the environment, and rule templates define no template-level variables for them to read.
+
+Same meaning means: attribute and item access go through the environment (so ``a.b`` on a dict reads
+the key), a missing value is the environment's undefined object, filters and tests receive the
+environment or eval context they ask for, and operators are Python's (as in Jinja).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import Environment, nodes
+from jinja2.nodes import EvalContext
+
+Scope = dict[str, Any]
+Native = Callable[[Scope], Any]
+
+_BINARY: dict[type[nodes.BinExpr], Callable[[Any, Any], Any]] = {
+    nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: operator.mul, nodes.Div: operator.truediv,
+    nodes.FloorDiv: operator.floordiv, nodes.Mod: operator.mod, nodes.Pow: operator.pow,
+}
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
+    "lteq": operator.le, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+
+
+class _Unsupported(Exception):
+    """A node this compiler leaves to Jinja."""
+
+
+def compile_native(expr: nodes.Expr, env: Environment) -> Native | None:
+    """A closure computing `expr` from a scope dict, or None when `expr` uses something unsupported."""
+    try:
+        return _Compiler(env).compile(expr)
+    except _Unsupported:
+        return None
+
+
+def compile_native_text(template: nodes.Template, env: Environment) -> Callable[[Scope], str] | None:
+    """A closure rendering a text template made only of text and ``{{ expr }}`` parts (no ``{% %}``),
+    as Jinja would (each value through the environment's `finalize`, then `str`); None otherwise."""
+    if len(template.body) != 1 or not isinstance(template.body[0], nodes.Output):
+        return None
+    compiler = _Compiler(env)
+    finalize = env.finalize or (lambda value: value)
+    try:
+        parts: list[str | Native] = [node.data if isinstance(node, nodes.TemplateData) else compiler.compile(node)
+                                     for node in template.body[0].nodes]
+    except _Unsupported:
+        return None
+
+    def render(scope: Scope) -> str:
+        return "".join([part if isinstance(part, str) else str(finalize(part(scope))) for part in parts])
+
+    return render
+
+
+class _Compiler:
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.eval_context = EvalContext(env)
+        self.static_context = env.context_class(env, {}, None, {})
+
+    def compile(self, node: nodes.Node) -> Native:
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise _Unsupported(type(node).__name__)
+        compiled: Native = method(node)
+        return compiled
+
+    def _Name(self, node: nodes.Name) -> Native:
+        name, undefined = node.name, self.env.undefined
+
+        def get(scope: Scope) -> Any:
+            value = scope.get(name, _MISSING)
+            return undefined(name=name) if value is _MISSING else value
+
+        return get
+
+    def _Const(self, node: nodes.Const) -> Native:
+        value = node.value
+        return lambda scope: value
+
+    def _Getattr(self, node: nodes.Getattr) -> Native:
+        target, attr, getattr_ = self.compile(node.node), node.attr, self.env.getattr
+        return lambda scope: getattr_(target(scope), attr)
+
+    def _Getitem(self, node: nodes.Getitem) -> Native:
+        target, key, getitem = self.compile(node.node), self.compile(node.arg), self.env.getitem
+        return lambda scope: getitem(target(scope), key(scope))
+
+    def _Slice(self, node: nodes.Slice) -> Native:
+        parts = [self.compile(part) if part is not None else None
+                 for part in (node.start, node.stop, node.step)]
+        return lambda scope: slice(*(part(scope) if part else None for part in parts))
+
+    def _List(self, node: nodes.List) -> Native:
+        items = [self.compile(item) for item in node.items]
+        return lambda scope: [item(scope) for item in items]
+
+    def _Tuple(self, node: nodes.Tuple) -> Native:
+        items = [self.compile(item) for item in node.items]
+        return lambda scope: tuple(item(scope) for item in items)
+
+    def _Dict(self, node: nodes.Dict) -> Native:
+        pairs = [(self.compile(pair.key), self.compile(pair.value)) for pair in node.items]
+        return lambda scope: {key(scope): value(scope) for key, value in pairs}
+
+    def _arguments(self, node: nodes.Filter | nodes.Test | nodes.Call) -> tuple[list[Native], list[tuple[str, Native]]]:
+        if node.dyn_args is not None or node.dyn_kwargs is not None:
+            raise _Unsupported("*args")
+        return ([self.compile(arg) for arg in node.args],
+                [(str(keyword.key), self.compile(keyword.value)) for keyword in node.kwargs])
+
+    def _apply(self, table: dict[str, Any], node: nodes.Filter | nodes.Test) -> Native:
+        if node.node is None or node.name not in table:
+            raise _Unsupported(node.name)
+        function = table[node.name]
+        # set by jinja2.pass_environment / pass_eval_context / pass_context
+        passed = getattr(getattr(function, "jinja_pass_arg", None), "name", None)
+        first: tuple[Any, ...] = ()
+        if passed == "context":
+            # the built-in context filters (select, map, ...) use the context only to reach the
+            # environment and eval context, never template variables: one empty context serves all
+            first = (self.static_context,)
+        elif passed == "environment":
+            first = (self.env,)
+        elif passed == "eval_context":
+            first = (self.eval_context,)
+        value = self.compile(node.node)
+        args, kwargs = self._arguments(node)
+        if not args and not kwargs:
+            if first:
+                return lambda scope: function(*first, value(scope))
+            return lambda scope: function(value(scope))
+        return lambda scope: function(*first, value(scope), *(arg(scope) for arg in args),
+                                      **{key: arg(scope) for key, arg in kwargs})
+
+    def _Filter(self, node: nodes.Filter) -> Native:
+        return self._apply(self.env.filters, node)
+
+    def _Test(self, node: nodes.Test) -> Native:
+        return self._apply(self.env.tests, node)
+
+    def _Call(self, node: nodes.Call) -> Native:
+        function = self.compile(node.node)
+        args, kwargs = self._arguments(node)
+        return lambda scope: function(scope)(*(arg(scope) for arg in args),
+                                             **{key: arg(scope) for key, arg in kwargs})
+
+    def _Compare(self, node: nodes.Compare) -> Native:
+        first = self.compile(node.expr)
+        steps = []
+        for operand in node.ops:
+            if operand.op not in _COMPARE:
+                raise _Unsupported(operand.op)
+            steps.append((_COMPARE[operand.op], self.compile(operand.expr)))
+        if len(steps) == 1:
+            (compare, other), = steps
+            return lambda scope: compare(first(scope), other(scope))
+
+        def chained(scope: Scope) -> bool:
+            left = first(scope)
+            for compare, other in steps:
+                right = other(scope)
+                if not compare(left, right):
+                    return False
+                left = right
+            return True
+
+        return chained
+
+    def _And(self, node: nodes.And) -> Native:
+        left, right = self.compile(node.left), self.compile(node.right)
+        return lambda scope: left(scope) and right(scope)
+
+    def _Or(self, node: nodes.Or) -> Native:
+        left, right = self.compile(node.left), self.compile(node.right)
+        return lambda scope: left(scope) or right(scope)
+
+    def _Not(self, node: nodes.Not) -> Native:
+        inner = self.compile(node.node)
+        return lambda scope: not inner(scope)
+
+    def _Neg(self, node: nodes.Neg) -> Native:
+        inner = self.compile(node.node)
+        return lambda scope: -inner(scope)
+
+    def _Pos(self, node: nodes.Pos) -> Native:
+        inner = self.compile(node.node)
+        return lambda scope: +inner(scope)
+
+    def _binary(self, node: nodes.BinExpr) -> Native:
+        left, right, apply = self.compile(node.left), self.compile(node.right), _BINARY[type(node)]
+        return lambda scope: apply(left(scope), right(scope))
+
+    _Add = _Sub = _Mul = _Div = _FloorDiv = _Mod = _Pow = _binary
+
+    def _Concat(self, node: nodes.Concat) -> Native:
+        parts = [self.compile(part) for part in node.nodes]
+        return lambda scope: "".join([str(part(scope)) for part in parts])
+
+    def _CondExpr(self, node: nodes.CondExpr) -> Native:
+        test, then = self.compile(node.test), self.compile(node.expr1)
+        otherwise = self.compile(node.expr2) if node.expr2 is not None else None
+        undefined = self.env.undefined
+        if otherwise is None:
+            return lambda scope: then(scope) if test(scope) else undefined()
+        return lambda scope: then(scope) if test(scope) else otherwise(scope)
+
+
+_MISSING = object()
