@@ -222,3 +222,154 @@ class _Compiler:
 
 
 _MISSING = object()
+
+
+# --- JMESPath ------------------------------------------------------------------------------------
+
+
+Selector = Callable[[Any], Any]
+
+
+def compile_jmespath(tree: dict[str, Any], functions: Any) -> Selector | None:
+    """A closure evaluating a parsed JMESPath `tree` as jmespath's interpreter does, for the node types
+    selectors use (fields, indexes, ``||``, ``&&``, ``!``, comparisons, literals, ``@``, pipes,
+    multi-select lists, function calls through `functions`); None when `tree` has any other node."""
+    try:
+        return _JMESPathCompiler(functions).compile(tree)
+    except _Unsupported:
+        return None
+
+
+def _is_false(value: Any) -> bool:
+    """JMESPath falsiness: null, false, "", [] and {} (0 is true)."""
+    return value is None or value is False or value in ("", [], {})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_ordered(value: Any) -> bool:
+    return _is_number(value) or isinstance(value, str)
+
+
+def _equals(left: Any, right: Any) -> bool:
+    # JMESPath keeps booleans and numbers apart: 1 == true is false
+    if isinstance(left, bool) != isinstance(right, bool) and (_is_number(left) or _is_number(right)):
+        return False
+    return bool(left == right)
+
+
+_ORDERING: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge,
+}
+
+
+class _JMESPathCompiler:
+    def __init__(self, functions: Any) -> None:
+        self.functions = functions
+
+    def compile(self, node: dict[str, Any]) -> Selector:
+        method = getattr(self, f"_{node['type']}", None)
+        if method is None:
+            raise _Unsupported(node["type"])
+        compiled: Selector = method(node)
+        return compiled
+
+    def _children(self, node: dict[str, Any]) -> list[Selector]:
+        return [self.compile(child) for child in node["children"]]
+
+    def _field(self, node: dict[str, Any]) -> Selector:
+        key = node["value"]
+        return lambda data: data.get(key) if isinstance(data, dict) else None
+
+    def _current(self, node: dict[str, Any]) -> Selector:
+        return lambda data: data
+
+    _identity = _current
+
+    def _literal(self, node: dict[str, Any]) -> Selector:
+        value = node["value"]
+        return lambda data: value
+
+    def _index(self, node: dict[str, Any]) -> Selector:
+        index = node["value"]
+
+        def get(data: Any) -> Any:
+            if not isinstance(data, list):
+                return None
+            try:
+                return data[index]
+            except IndexError:
+                return None
+
+        return get
+
+    def _chain(self, node: dict[str, Any]) -> Selector:
+        steps = self._children(node)
+
+        def run(data: Any) -> Any:
+            for step in steps:
+                data = step(data)
+            return data
+
+        return run
+
+    # a.b, a[0] and a | b all feed each step's result to the next (jmespath's visitor does the same)
+    _subexpression = _index_expression = _pipe = _chain
+
+    def _multi_select_list(self, node: dict[str, Any]) -> Selector:
+        items = self._children(node)
+        return lambda data: None if data is None else [item(data) for item in items]
+
+    def _or_expression(self, node: dict[str, Any]) -> Selector:
+        left, right = self._children(node)
+
+        def either(data: Any) -> Any:
+            value = left(data)
+            return right(data) if _is_false(value) else value
+
+        return either
+
+    def _and_expression(self, node: dict[str, Any]) -> Selector:
+        left, right = self._children(node)
+
+        def both(data: Any) -> Any:
+            value = left(data)
+            return value if _is_false(value) else right(data)
+
+        return both
+
+    def _not_expression(self, node: dict[str, Any]) -> Selector:
+        (inner,) = self._children(node)
+
+        def negate(data: Any) -> bool:
+            value = inner(data)
+            if _is_number(value) and value == 0:
+                return False  # !0 is false: 0 is true in JMESPath
+            return not value
+
+        return negate
+
+    def _comparator(self, node: dict[str, Any]) -> Selector:
+        left, right = self._children(node)
+        op = node["value"]
+        if op == "eq":
+            return lambda data: _equals(left(data), right(data))
+        if op == "ne":
+            return lambda data: not _equals(left(data), right(data))
+        if op not in _ORDERING:
+            raise _Unsupported(op)
+        compare = _ORDERING[op]
+
+        def ordered(data: Any) -> bool | None:
+            a, b = left(data), right(data)
+            # as jmespath does: numbers and strings are ordered (a number against a string raises)
+            return compare(a, b) if _is_ordered(a) and _is_ordered(b) else None
+
+        return ordered
+
+    def _function_expression(self, node: dict[str, Any]) -> Selector:
+        name, args = node["value"], self._children(node)
+        call = self.functions.call_function
+        return lambda data: call(name, [arg(data) for arg in args])

@@ -30,7 +30,7 @@ from jmespath import exceptions as jmes_exceptions
 from jmespath.visitor import TreeInterpreter
 
 from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
-from ._expressions import compile_native, compile_native_text
+from ._expressions import compile_jmespath, compile_native, compile_native_text
 from ._functions import JINJA_FILTERS, JMESPATH_OPTIONS, EngineFunctions
 from ._loader import KeyPath, RuleSet, SourcePosition
 
@@ -344,20 +344,23 @@ def compile_selector(expression: str, key_path: KeyPath, ctx: CompileContext) ->
     fields = _field_path(tree)
     if fields is not None:
         return _field_getter(fields)
-    if tree["type"] == "multi_select_list":
-        paths = [_field_path(child) for child in tree["children"]]
-        if all(path is not None for path in paths):
-            getters = [_field_getter(path) for path in paths if path is not None]
-            return lambda data: None if data is None else [get(data) for get in getters]
+    native = compile_jmespath(tree, JMESPATH_OPTIONS.custom_functions)
+    if native is not None:
+        return _guard_selector(native, pos)
     visit = _INTERPRETER.visit
+    return _guard_selector(lambda data: visit(tree, data), pos)
 
-    def select(data: Any) -> Any:
+
+def _guard_selector(select: Selector, pos: SourcePosition) -> Selector:
+    """A JMESPath failure at run time (a function given the wrong type) names the selector's position."""
+
+    def guarded(data: Any) -> Any:
         try:
-            return visit(tree, data)
+            return select(data)
         except jmes_exceptions.JMESPathError as exc:
             raise RuleRuntimeError(f"selector {pos.path}:{pos.line}:{pos.col} failed: {exc}") from exc
 
-    return select
+    return guarded
 
 
 def _check_functions(tree: dict[str, Any], expression: str, pos: SourcePosition, ctx: CompileContext) -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import jmespath
 import pytest
 from jinja2 import Undefined, nodes
 from jinja2.parser import Parser
 
-from ccproxy_engine._expressions import compile_native, compile_native_text
+from ccproxy_engine._expressions import compile_jmespath, compile_native, compile_native_text
+from ccproxy_engine._functions import JMESPATH_OPTIONS
 from ccproxy_engine._template import ENVIRONMENT
 
 EXPRESSIONS = [
@@ -116,3 +118,42 @@ def test_native_text_matches_jinja(text: str) -> None:
 
 def test_text_with_statements_falls_back() -> None:
     assert compile_native_text(ENVIRONMENT.parse("{% if x %}a{% endif %}"), ENVIRONMENT) is None
+
+
+SELECTORS = [
+    "choices[0].delta.content", "[choices[0].delta]", "error || (object == 'error' && @ || `null`)",
+    "reasoning_content || reasoning", "!thought && text", "thought && text", "a[1][0]", "a | [0]",
+    "usage.prompt_tokens == `10`", "n > `0`", "n <= `0.5`", "n != `true`", "!n", "`{\"k\": [1]}`",
+    "length(a)", "json_encode(a)", "integers(s)", "@",
+]
+
+
+def random_document(rng: random.Random) -> Any:
+    atoms = [None, True, False, 0, 1, 0.5, -3, "", "x", "error", [], {}, [1, [2]], {"k": 1}]
+    doc: dict[str, Any] = {}
+    for key in ("choices", "error", "object", "reasoning_content", "reasoning", "thought", "text", "a",
+                "usage", "n", "s"):
+        if rng.random() < 0.7:
+            doc[key] = rng.choice(atoms)
+    if rng.random() < 0.5:
+        doc["choices"] = [{"delta": {"content": rng.choice(atoms)}}]
+    if rng.random() < 0.3:
+        doc["usage"] = {"prompt_tokens": rng.choice([10, 10.0, True, None])}
+    return rng.choice([doc, doc, doc, None, [doc], "text"])
+
+
+@pytest.mark.parametrize("expression", SELECTORS)
+def test_native_selectors_match_jmespath(expression: str) -> None:
+    parsed = jmespath.compile(expression)
+    native = compile_jmespath(parsed.parsed, JMESPATH_OPTIONS.custom_functions)
+    assert native is not None, f"{expression} fell back to the interpreter"
+    rng = random.Random(expression)
+    for _ in range(300):
+        data = random_document(rng)
+        expected = outcome(lambda d=data: parsed.search(d, options=JMESPATH_OPTIONS))
+        assert outcome(lambda d=data: native(d)) == expected, (expression, data)
+
+
+@pytest.mark.parametrize("expression", ["a[*].b", "a[?b == `1`]", "a.{x: b}", "a[1:2]", "sort_by(a, &b)"])
+def test_other_selectors_keep_the_interpreter(expression: str) -> None:
+    assert compile_jmespath(jmespath.compile(expression).parsed, JMESPATH_OPTIONS.custom_functions) is None
