@@ -316,8 +316,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @head("/")
-async def head_root() -> None:
+async def head_root() -> Response[bytes]:
     """Claude Code probes the base URL with HEAD / before it starts."""
+    return Response(b"", media_type="text/plain")
 
 
 # --- errors ------------------------------------------------------------------------------------
