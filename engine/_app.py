@@ -315,10 +315,9 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json_response({"status": "ok", "providers": sorted(engine.settings.providers)})
 
 
-@head("/")
-async def head_root() -> Response[bytes]:
+@head("/", media_type="text/plain")
+async def head_root() -> None:
     """Claude Code probes the base URL with HEAD / before it starts."""
-    return Response(b"", media_type="text/plain")
 
 
 # --- errors ------------------------------------------------------------------------------------
