@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +33,10 @@ from ._errors import (
     EngineError,
     NotFoundError,
     RequestError,
+    UpstreamConnectError,
     UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
     error_envelope,
     error_type_for_status,
 )
@@ -136,18 +139,43 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     engine = _engine(request)
     body = await _json_body(request)
     engine.messages_schema.check(body)
-    route = engine.router.route(body)
-    target = route.primary
-    headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
-    try:
-        return await _forward(engine, body, target, headers)
-    except EngineError as exc:
-        exc.headers.setdefault("x-ccproxy-route", headers["x-ccproxy-route"])
-        raise
+    route = await engine.router.route(body, _memo(lambda: _count(engine.tokens, body)))
+    targets = route.targets
+    for index, target in enumerate(targets):
+        headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
+        try:
+            return await _forward(engine, route.body, target, headers, route.tokens)
+        except EngineError as exc:
+            exc.headers.setdefault("x-ccproxy-route", headers["x-ccproxy-route"])
+            if index + 1 == len(targets) or not _falls_back(exc):
+                raise
+            logger.warning("%s failed before answering (%s); trying %s", target, exc.message, targets[index + 1])
+    raise AssertionError("a route has at least one target")  # pragma: no cover
 
 
-async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
-                   headers: dict[str, str]) -> Response[Any]:
+def _falls_back(exc: EngineError) -> bool:
+    """Whether the next target of a route may try: the provider is down, slow or busy, never when the
+    request itself is wrong (a 4xx other than 429 would fail the same way everywhere)."""
+    if isinstance(exc, UpstreamConnectError | UpstreamTimeoutError):
+        return True
+    return isinstance(exc, UpstreamStatusError) and (exc.upstream_status == 429 or exc.upstream_status >= 500)
+
+
+def _memo(factory: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """A token count computed at most once, however many parts of a request ask for it."""
+    task: asyncio.Future[int] | None = None
+
+    def get() -> Awaitable[int]:
+        nonlocal task
+        if task is None:
+            task = asyncio.ensure_future(factory())
+        return task
+
+    return get
+
+
+async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget, headers: dict[str, str],
+                   tokens: int | None) -> Response[Any]:
     """Send `body` to `target` and answer with its translated reply (or raise its mapped error)."""
     settings, provider, scope = engine.target(target)
     is_streaming = bool(body.get("stream"))
@@ -161,14 +189,14 @@ async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
     if not is_streaming:
         response = await engine.upstream.send(upstream_request)
         if response.status >= 300:
-            await _raise_upstream_error(response, provider)
+            await _raise_upstream_error(response, provider, target.provider)
         return await _whole_message(response, provider, target, client_model, prepared.tool_names, headers)
     # the input-token estimate for message_start is counted while the upstream thinks
-    estimate = asyncio.ensure_future(_count(engine.tokens, body))
+    estimate = asyncio.ensure_future(_known(tokens) if tokens is not None else _count(engine.tokens, body))
     try:
         response = await engine.upstream.send(upstream_request)
         if response.status >= 300:
-            await _raise_upstream_error(response, provider)
+            await _raise_upstream_error(response, provider, target.provider)
     except BaseException:
         estimate.cancel()
         raise
@@ -179,10 +207,15 @@ async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget,
         raise
     machine = StreamMachine(
         provider=target.provider, message_id=new_id("msg_"), model=client_model,
-        tool_names=prepared.tool_names, sign=provider.signer(target.model), input_tokens=input_tokens,
+        tool_names=prepared.tool_names, sign=provider.signer(target.model, name=target.provider),
+        input_tokens=input_tokens,
     )
-    events = _translate_stream(response, StreamTranslator(provider, machine))
+    events = _translate_stream(response, StreamTranslator(provider, machine, name=target.provider))
     return Stream(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+async def _known(tokens: int) -> int:
+    return tokens
 
 
 def _undefined_as_null(value: Any) -> None:
@@ -192,12 +225,12 @@ def _undefined_as_null(value: Any) -> None:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-async def _raise_upstream_error(response: UpstreamResponse, provider: CompiledProvider) -> None:
+async def _raise_upstream_error(response: UpstreamResponse, provider: CompiledProvider, name: str) -> None:
     try:
         raw = await response.read()
     finally:
         await response.aclose()
-    raise provider.map_error(response.status, raw, response.headers.get("retry-after"))
+    raise provider.map_error(response.status, raw, response.headers.get("retry-after"), name=name)
 
 
 async def _whole_message(response: UpstreamResponse, provider: CompiledProvider, target: RouteTarget,
@@ -208,8 +241,8 @@ async def _whole_message(response: UpstreamResponse, provider: CompiledProvider,
     finally:
         await response.aclose()
     builder = MessageBuilder(provider=target.provider, message_id=new_id("msg_"), model=client_model,
-                             tool_names=tool_names, sign=provider.signer(target.model))
-    return _json_response(translate_message(provider, raw, builder), headers=headers)
+                             tool_names=tool_names, sign=provider.signer(target.model, name=target.provider))
+    return _json_response(translate_message(provider, raw, builder, name=target.provider), headers=headers)
 
 
 async def _translate_stream(response: UpstreamResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:

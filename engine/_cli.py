@@ -16,8 +16,9 @@ from ruamel.yaml.error import YAMLError
 from ._app import create_app
 from ._compiler import CompiledProvider, compile_rules
 from ._config import Settings, check_config, load_config
-from ._errors import Diagnostic, DiagnosticCode, RuleError, SetupError
+from ._errors import ConfigError, Diagnostic, DiagnosticCode, RouteError, RuleError, SetupError
 from ._loader import BUILTIN_RULES_DIR, display_path, load_rules, rule_file_paths
+from ._router import Router
 
 #: How `serve` hands its choices to the server's worker processes, which build their own app.
 ENV_CONFIG = "CCPROXY_ENGINE_CONFIG"
@@ -35,6 +36,10 @@ def prepare(config: str | Path | None, rule_paths: Sequence[Path] = (),
     if any(d.severity == "error" for d in diagnostics):
         raise RuleError(diagnostics)
     settings = load_config(config, env, available_rules=set(providers))
+    try:
+        Router(settings)  # imports routes.custom: a broken custom router stops start-up here
+    except RouteError as exc:
+        raise ConfigError([Diagnostic(settings.source, 1, 1, DiagnosticCode.BAD_ROUTE, exc.message)]) from exc
     return settings, providers
 
 

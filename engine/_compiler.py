@@ -137,13 +137,14 @@ def _none(data: Any) -> Any:
 class ResponseDecoder:
     """Per-response state around a `_DecoderSpec`: upstream JSON values in, normalized deltas out."""
 
-    __slots__ = ("_calls", "_errors", "_finish_reasons", "_refused", "_spec")
+    __slots__ = ("_calls", "_errors", "_finish_reasons", "_provider", "_refused", "_spec")
 
     def __init__(self, spec: _DecoderSpec, finish_reasons: Mapping[str, str],
-                 errors: ErrorMap) -> None:
+                 errors: ErrorMap, provider: str) -> None:
         self._spec = spec
         self._finish_reasons = finish_reasons
         self._errors = errors
+        self._provider = provider
         self._refused = False
         self._calls = 0
 
@@ -156,7 +157,7 @@ class ResponseDecoder:
         spec = self._spec
         error = spec.error(chunk)
         if error:
-            error_type, message = self._errors.describe_inline(error)
+            error_type, message = self._errors.describe_inline(error, self._provider)
             return [ErrorDelta(error_type, message)]
         out: list[Delta] = []
         for part in spec.parts(chunk) or ():
@@ -236,7 +237,8 @@ class ErrorMap:
     context_used: Selector
     context_limit: Selector
 
-    def to_exception(self, status: int, body: bytes, retry_after: str | None = None) -> UpstreamStatusError:
+    def to_exception(self, status: int, body: bytes, retry_after: str | None = None,
+                     provider: str | None = None) -> UpstreamStatusError:
         """An upstream non-2xx answer as the error an Anthropic client would have received."""
         try:
             data = orjson.loads(body) if body else None
@@ -253,34 +255,36 @@ class ErrorMap:
         overflow = data is not None and bool(self.context_overflow(data))
         if overflow:
             anthropic_status, error_type = 400, "invalid_request_error"
-        error = UpstreamStatusError(self.provider, message, status=anthropic_status, error_type=error_type,
+        provider = provider or self.provider
+        error = UpstreamStatusError(provider, message, status=anthropic_status, error_type=error_type,
                                     upstream_status=status, retry_after=retry_after)
         if overflow:
             # Claude Code compacts on a message that starts with this phrase; the provider tag that
             # UpstreamError puts first goes after it (as in `describe_inline`)
-            error.message = self._overflow_message(data, message)
+            error.message = self._overflow_message(data, message, provider)
             error.args = (error.message,)
         return error
 
-    def describe_inline(self, error: Any) -> tuple[str, str]:
+    def describe_inline(self, error: Any, provider: str | None = None) -> tuple[str, str]:
         """An error record inside a 200 stream → (Anthropic error type, message)."""
+        provider = provider or self.provider
         wrapped = error if isinstance(error, dict) and "error" in error else {"error": error}
         message = self._message(wrapped) or (
             error if isinstance(error, str) else orjson.dumps(error).decode())
         code = self._code(wrapped)
         if code in self.by_code:
-            return self.by_code[code], f"[{self.provider}] {message}"
+            return self.by_code[code], f"[{provider}] {message}"
         if self.context_overflow(wrapped):
-            return "invalid_request_error", self._overflow_message(wrapped, message)
-        return _INLINE_TYPES.get(str(code), "api_error"), f"[{self.provider}] {message}"
+            return "invalid_request_error", self._overflow_message(wrapped, message, provider)
+        return _INLINE_TYPES.get(str(code), "api_error"), f"[{provider}] {message}"
 
-    def _overflow_message(self, data: Any, message: str) -> str:
+    def _overflow_message(self, data: Any, message: str, provider: str) -> str:
         """Anthropic's wording, which Claude Code's auto-compaction looks for: ``prompt is too long:
         <used> tokens > <limit> maximum``, when the rules can read both counts."""
         used, limit = self.context_used(data), self.context_limit(data)
         if _is_count(used) and _is_count(limit):
-            return f"prompt is too long: {used} tokens > {limit} maximum ([{self.provider}] {message})"
-        return f"prompt is too long: [{self.provider}] {message}"
+            return f"prompt is too long: {used} tokens > {limit} maximum ([{provider}] {message})"
+        return f"prompt is too long: [{provider}] {message}"
 
     def _message(self, data: Any) -> str | None:
         value = self.message(data) if data is not None else None
@@ -374,16 +378,22 @@ class CompiledProvider:
         return PreparedRequest(str(self.url(scope)), headers, upstream_body,
                                {upstream: client for client, upstream in tool_names.items()})
 
-    def new_decoder(self, *, stream: bool) -> ResponseDecoder:
-        return ResponseDecoder(self.stream if stream else self.response, self.finish_reasons, self.errors)
+    def new_decoder(self, *, stream: bool, name: str | None = None) -> ResponseDecoder:
+        """A decoder for one answer; `name` is the configured provider's name (messages name it)."""
+        return ResponseDecoder(self.stream if stream else self.response, self.finish_reasons, self.errors,
+                               name or self.name)
 
-    def map_error(self, status: int, body: bytes, retry_after: str | None = None) -> UpstreamStatusError:
-        return self.errors.to_exception(status, body, retry_after)
+    def map_error(self, status: int, body: bytes, retry_after: str | None = None, *,
+                  name: str | None = None) -> UpstreamStatusError:
+        """A non-2xx answer of the provider configured as `name` (default: the rule set's name)."""
+        return self.errors.to_exception(status, body, retry_after, name)
 
-    def signer(self, model: str) -> Callable[[str | None], str]:
-        """Wraps an upstream reasoning signature (or none) in the engine's honest envelope."""
-        name = self.name
-        return lambda signature: encode_signature(name, model, signature)
+    def signer(self, model: str, *, name: str | None = None) -> Callable[[str | None], str]:
+        """Wraps an upstream reasoning signature (or none) in the engine's honest envelope, for the
+        provider configured as `name`: the same name templates see as ``provider.name``, so the
+        envelope opens (``decode_signature(sig, provider.name)``) only for that provider."""
+        owner = name or self.name
+        return lambda signature: encode_signature(owner, model, signature)
 
 
 def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str) -> Callable[[Any], Any]:

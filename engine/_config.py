@@ -56,6 +56,7 @@ from ._errors import ConfigError, Diagnostic, DiagnosticCode
 __all__ = [
     "DEFAULT_CONFIG_YAML",
     "EMBEDDED_SOURCE",
+    "CustomRouter",
     "ProviderSettings",
     "RouteTarget",
     "Routes",
@@ -197,6 +198,16 @@ class Routes:
     web_search: list[RouteTarget] = field(default_factory=list)
     image: list[RouteTarget] = field(default_factory=list)
     models: dict[str, list[RouteTarget]] = field(default_factory=dict)
+    think_adaptive: bool = False
+    custom: CustomRouter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomRouter:
+    """A user's routing function, ``module:function``; it gets `timeout` seconds to decide."""
+
+    function: str
+    timeout: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,10 +527,13 @@ class _Loader:
 
         routes = {name: targets(raw.get(name)) for name in _ROUTE_NAMES}
         models = {model: targets(value) for model, value in (raw.get("models") or {}).items()}
+        custom = raw.get("custom")
         return Routes(
             **routes,
             long_context_threshold=raw.get("long_context_threshold", DEFAULT_LONG_CONTEXT_THRESHOLD),
             models={model: found for model, found in models.items() if found},
+            think_adaptive=bool(raw.get("think_adaptive", False)),
+            custom=CustomRouter(custom["function"], float(custom.get("timeout", 0.2))) if custom else None,
         )
 
 

@@ -19,13 +19,16 @@ from ._types import JSONObject, SSEEvent
 logger = logging.getLogger("ccproxy_engine")
 
 
-def translate_message(provider: CompiledProvider, raw: bytes, builder: MessageBuilder) -> JSONObject:
-    """A whole upstream answer (JSON bytes) → the Anthropic message; raises `EngineError`s."""
+def translate_message(provider: CompiledProvider, raw: bytes, builder: MessageBuilder, *,
+                      name: str | None = None) -> JSONObject:
+    """A whole upstream answer (JSON bytes) → the Anthropic message; raises `EngineError`s.
+    `name` is the configured provider's name, used in messages (default: the rule set's name)."""
+    name = name or provider.name
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(provider.name, f"answer is not JSON: {raw[:200]!r}") from None
-    for delta in provider.new_decoder(stream=False).decode(answer):
+        raise UpstreamProtocolError(name, f"answer is not JSON: {raw[:200]!r}") from None
+    for delta in provider.new_decoder(stream=False, name=name).decode(answer):
         builder.feed(delta)
     return builder.build()
 
@@ -39,9 +42,9 @@ class StreamTranslator:
 
     __slots__ = ("_decoder", "_done_marker", "_machine", "_provider", "_sse")
 
-    def __init__(self, provider: CompiledProvider, machine: StreamMachine) -> None:
-        self._provider = provider.name
-        self._decoder = provider.new_decoder(stream=True)
+    def __init__(self, provider: CompiledProvider, machine: StreamMachine, *, name: str | None = None) -> None:
+        self._provider = name or provider.name
+        self._decoder = provider.new_decoder(stream=True, name=self._provider)
         self._done_marker = self._decoder.done_marker
         self._machine = machine
         self._sse = SSEDecoder()

@@ -100,3 +100,13 @@ def test_serve_refuses_broken_rules_with_the_same_lines(tmp_path: Path) -> None:
     diagnostic = next(line for line in check.stderr.splitlines() if "[unknown-filter]" in line)
     assert diagnostic.startswith("openai.yaml:")
     assert diagnostic in serve.stderr.splitlines()
+
+
+def test_serve_refuses_a_custom_router_it_cannot_import(tmp_path: Path) -> None:
+    config = tmp_path / "my.yaml"
+    config.write_text("providers:\n  openai: {api_key: k}\nroutes:\n  default: openai/gpt-4.1\n"
+                      "  custom: {function: 'no_such_router_mod:route'}\n")
+    serve = subprocess.run([sys.executable, "-m", "ccproxy_engine", "serve", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert serve.returncode == 1
+    assert "no_such_router_mod:route" in serve.stderr and "[bad-route]" in serve.stderr
