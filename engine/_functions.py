@@ -62,6 +62,10 @@ _INVALID_NAME_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _INTEGER = re.compile(r"(?<![\w.-])(?:\d{1,3}(?:,\d{3})+|\d+)(?![\w-]|[.,]\d)")
 
+_SHORT_ID_MAX_LEN = 40
+"""`short_id` draws its characters from a SHA-256 digest: 256 bits give 43 base62 digits."""
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 IdSource = Callable[[int], str]
@@ -140,6 +144,35 @@ def short_name(name: str, max_len: int = 64) -> str:
         return "_"
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
     return f"{cleaned[: max_len - 9]}_{digest}"
+
+
+@functools.lru_cache(maxsize=4096)
+def short_id(call_id: str, length: int) -> str:
+    """A tool-call id of exactly `length` ASCII letters and digits, for providers that accept no
+    other (Mistral: 9). An id that already is one passes unchanged, so ids the provider issued
+    come back as they were and applying it twice changes nothing; any other id becomes the first
+    `length` base62 digits of its SHA-256, so an assistant's call and the tool result answering it,
+    hashed apart, still match."""
+    length = int(length)
+    if not 1 <= length <= _SHORT_ID_MAX_LEN:
+        raise ValueError(f"short_id: length must be between 1 and {_SHORT_ID_MAX_LEN}, got {length}")
+    if len(call_id) == length and _ALNUM.fullmatch(call_id):
+        return call_id
+    number = int.from_bytes(hashlib.sha256(call_id.encode("utf-8")).digest(), "big")
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, 62)
+        digits.append(_ID_ALPHABET[digit])
+    return bytes(digits).decode("ascii")
+
+
+def with_previous(items: JSON) -> list[JSON]:
+    """Each element of a list with the element before it, as ``{"previous": …, "item": …}`` (the
+    first element's previous is None); [] for anything but a list. `$each` sees one element at a
+    time, so this is how a rule reacts to an order it must repair (a message after another)."""
+    if not isinstance(items, list):
+        return []
+    return [{"previous": previous, "item": item} for previous, item in zip([None, *items], items, strict=False)]
 
 
 # -- content ---------------------------------------------------------------------------------------
@@ -334,6 +367,14 @@ class EngineFunctions(functions.Functions):  # type: ignore[misc]  # jmespath sh
     def _func_short_name(self, name: str, *extra: JSON) -> str:
         return short_name(name, _optional_arg("short_name", 1, extra, "number", 64))
 
+    @signature({"types": ["string"]}, {"types": ["number"]})
+    def _func_short_id(self, call_id: str, length: int) -> str:
+        return short_id(call_id, length)
+
+    @signature({"types": []})
+    def _func_with_previous(self, items: JSON) -> list[JSON]:
+        return with_previous(items)
+
     @signature({"types": ["string", "array", "null"], "variadic": True})
     def _func_text_of(self, content: JSON, *extra: JSON) -> str:
         return text_of(content, _optional_arg("text_of", 1, extra, "string", "\n"))
@@ -370,6 +411,8 @@ JINJA_FILTERS: dict[str, Callable[..., Any]] = {
     "json_decode": json_decode,
     "strip_keys": strip_keys,
     "short_name": short_name,
+    "short_id": short_id,
+    "with_previous": with_previous,
     "text_of": text_of,
     "blocks": blocks,
     "data_url": data_url,
@@ -559,6 +602,24 @@ _DOCS = (
         ),
     ),
     FunctionDoc(
+        "short_id", "both",
+        "A tool-call id of exactly length ASCII letters and digits (Mistral takes no other): an id "
+        "that already is one passes unchanged, any other becomes the first length base62 digits of "
+        "its SHA-256. Deterministic, so a call and its result still match, and idempotent, so ids "
+        "the provider issued survive the round trip through the client.",
+        "Ids and names",
+        (
+            Param("id", "string", "a tool_use or tool_result id"),
+            Param("length", "number", "the exact length required (1 to 40)"),
+        ),
+        "string",
+        (
+            Example(("toolu_01A09q90qw90lq917835lq9", 9), "L4lugQ9Qs"),
+            Example(("a1B2c3D4e", 9), "a1B2c3D4e", "already 9 letters and digits: unchanged"),
+            Example(("call_0", 9), "MUPikt56d"),
+        ),
+    ),
+    FunctionDoc(
         "text_of", "both",
         "The plain text of an Anthropic content value: a string as it is, the text of the `text` "
         "blocks of a list joined by sep (thinking and other blocks are skipped), empty for null.",
@@ -633,6 +694,22 @@ _DOCS = (
         (
             Example(("Maximum context length is 128000 tokens; you sent 130512 tokens.",), [128000, 130512]),
             Example(("limit 1,048,576 exceeded by gemini-2.5-pro",), [1048576]),
+            Example((None,), []),
+        ),
+    ),
+    FunctionDoc(
+        "with_previous", "both",
+        "Each element of a list paired with the one before it, as `{previous, item}` (the first "
+        "element's previous is null); an empty list for anything but a list. A rule iterating "
+        "with `$each` sees one element at a time; this lets it react to what came before, e.g. "
+        "put a message between two that a provider will not take in a row.",
+        "Content",
+        (Param("items", "any", "a list, e.g. the messages built so far"),),
+        "array",
+        (
+            Example((["tool", "user"],), [{"previous": None, "item": "tool"},
+                                            {"previous": "tool", "item": "user"}]),
+            Example(([],), []),
             Example((None,), []),
         ),
     ),

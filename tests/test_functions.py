@@ -37,9 +37,11 @@ from ccproxy_engine._functions import (
     new_id,
     render_reference_markdown,
     set_id_source,
+    short_id,
     short_name,
     strip_keys,
     text_of,
+    with_previous,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
@@ -268,6 +270,62 @@ def test_short_name_jmespath_checks_the_optional_argument() -> None:
         search("short_name('a', 'b')")
     with pytest.raises(jp_exceptions.ArityError):
         search("short_name('a', `64`, `1`)")
+
+
+MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def test_short_id_hashes_any_other_id_to_exactly_length_alphanumerics() -> None:
+    ids = ["toolu_01A09q90qw90lq917835lq9", "call_0", "", "é", "x" * 200, "abcdefgh", "abcdefghij", "abc_defgh"]
+    for call_id in ids:
+        short = short_id(call_id, 9)
+        assert MISTRAL_ID.fullmatch(short), (call_id, short)
+        assert short != call_id
+    assert len({short_id(call_id, 9) for call_id in ids}) == len(ids)
+    assert len(short_id("toolu_1", 40)) == 40
+
+
+def test_short_id_is_deterministic_and_idempotent() -> None:
+    once = short_id("toolu_01A09q90qw90lq917835lq9", 9)
+    assert short_id("toolu_01A09q90qw90lq917835lq9", 9) == once
+    assert short_id(once, 9) == once
+    for issued in ("a1B2c3D4e", "000000000", "ZZZZZZZZZ"):
+        assert short_id(issued, 9) == issued  # ids the provider issued come back unchanged
+
+
+def test_short_id_agrees_on_both_sides(jinja_env: jinja2.Environment) -> None:
+    for call_id in ("toolu_abc", "a1B2c3D4e"):
+        assert search("short_id(@, `9`)", call_id) == short_id(call_id, 9)
+        assert render(jinja_env, "i | short_id(9)", i=call_id) == short_id(call_id, 9)
+
+
+def test_short_id_checks_its_arguments() -> None:
+    for length in (0, 41):
+        with pytest.raises(ValueError, match="between 1 and 40"):
+            short_id("toolu_1", length)
+    with pytest.raises(jp_exceptions.JMESPathTypeError):
+        search("short_id(`1`, `9`)")
+    with pytest.raises(jp_exceptions.ArityError):
+        search("short_id('a')")
+
+
+def test_with_previous_pairs_each_item_with_the_one_before() -> None:
+    roles = [{"role": "tool"}, {"role": "user"}, {"role": "assistant"}]
+    assert with_previous(roles) == [
+        {"previous": None, "item": roles[0]},
+        {"previous": roles[0], "item": roles[1]},
+        {"previous": roles[1], "item": roles[2]},
+    ]
+    assert with_previous([1]) == [{"previous": None, "item": 1}]
+    for not_a_list in (None, {}, "ab", 3):
+        assert with_previous(not_a_list) == []
+
+
+def test_with_previous_in_a_selector_and_a_template(jinja_env: jinja2.Environment) -> None:
+    messages = [{"role": "tool"}, {"role": "user"}]
+    assert search("with_previous(@)[?previous.role == 'tool'].item.role", messages) == ["user"]
+    rendered = render(jinja_env, "messages | with_previous | map(attribute='previous') | list", messages=messages)
+    assert rendered == [None, messages[0]]
 
 
 # -- content ---------------------------------------------------------------------------------------
