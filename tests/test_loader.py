@@ -160,6 +160,21 @@ def test_capability_row_errors_point_inside_the_row(tmp_path: Path) -> None:
     assert "is not valid under any of the given schemas" in by_col[4, 10]
 
 
+def test_every_capability_is_accepted_and_typed(tmp_path: Path) -> None:
+    path = write(tmp_path, "caps.yaml", """\
+        models:
+          "*": {context: 8, max_output: 4, tools: true, vision: false, reasoning: false, sampling: true,
+                max_tools: 128, cache_control: false}
+          "anthropic/*": {cache_control: true}
+          bad: {cache_control: "yes", max_tools: 0}
+    """)
+    rule_sets, diagnostics = load(path)
+    assert sorted(d.message for d in diagnostics) == [
+        "models.bad.cache_control: 'yes' is not of type 'boolean'",
+        "models.bad.max_tools: 0 is less than the minimum of 1",
+    ]
+
+
 def test_every_problem_in_a_file_is_reported_not_just_the_first(tmp_path: Path) -> None:
     path = write(tmp_path, "many.yaml", "a: 1\nb: 2\ndescription: 3\n")
     _, diagnostics = load(path)
