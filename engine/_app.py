@@ -46,7 +46,7 @@ from ._router import Route, Router
 from ._sse import encode_events
 from ._stream import MessageBuilder, StreamMachine
 from ._tokens import TokenCounter
-from ._translate import StreamTranslator, translate_message
+from ._translate import StreamTranslator, replace_model, translate_message
 from ._upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("ccproxy_engine")
@@ -119,11 +119,25 @@ def _engine(request: Request[Any, Any, Any]) -> Engine:
 
 
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
-    raw = await request.body()
+    return _parse(await request.body())
+
+
+def _parse(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
+
+
+@dataclass(slots=True)
+class Incoming:
+    """The client's request as the forwarding code needs it."""
+
+    body: dict[str, Any]
+    raw: bytes | None
+    """The bytes as received, while `body` still says exactly what they say (None once routing changed it)."""
+    headers: dict[str, str]
+    """The client's headers, names lower-cased."""
 
 
 def _json_response(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
@@ -137,14 +151,17 @@ def _json_response(content: Any, status: int = 200, headers: Mapping[str, str] |
 @post("/v1/messages", status_code=200)
 async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     engine = _engine(request)
-    body = await _json_body(request)
+    raw = await request.body()
+    body = _parse(raw)
     engine.messages_schema.check(body)
     route = await engine.router.route(body, _memo(lambda: _count(engine.tokens, body)))
+    incoming = Incoming(route.body, raw if route.body is body else None,
+                        {name.lower(): value for name, value in request.headers.items()})
     targets = route.targets
     for index, target in enumerate(targets):
         headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
         try:
-            return await _forward(engine, route.body, target, headers, route.tokens)
+            return await _forward(engine, incoming, target, headers, route.tokens)
         except EngineError as exc:
             exc.headers.setdefault("x-ccproxy-route", headers["x-ccproxy-route"])
             if index + 1 == len(targets) or not _falls_back(exc):
@@ -174,12 +191,20 @@ def _memo(factory: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]
     return get
 
 
-async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget, headers: dict[str, str],
+async def _forward(engine: Engine, incoming: Incoming, target: RouteTarget, headers: dict[str, str],
                    tokens: int | None) -> Response[Any]:
-    """Send `body` to `target` and answer with its translated reply (or raise its mapped error)."""
+    """Send the request to `target` and answer with its translated reply (or raise its mapped error)."""
     settings, provider, scope = engine.target(target)
+    body = incoming.body
     is_streaming = bool(body.get("stream"))
-    prepared = provider.build_request(body, model=target.model, provider=scope, stream=is_streaming)
+    prepared = provider.build_request(body, model=target.model, provider=scope, stream=is_streaming,
+                                      client_headers=incoming.headers)
+    if provider.passthrough:
+        raw = incoming.raw if incoming.raw is not None else orjson.dumps(body)
+        upstream_request = UpstreamRequest(
+            provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
+            body=replace_model(raw, target.model), stream=is_streaming, timeouts=settings.timeouts)
+        return await _pass_through(engine, upstream_request, provider, target, headers)
     upstream_request = UpstreamRequest(
         provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
         body=orjson.dumps(prepared.body, default=_undefined_as_null), stream=is_streaming,
@@ -216,6 +241,35 @@ async def _forward(engine: Engine, body: dict[str, Any], target: RouteTarget, he
 
 async def _known(tokens: int) -> int:
     return tokens
+
+
+async def _pass_through(engine: Engine, upstream_request: UpstreamRequest, provider: CompiledProvider,
+                        target: RouteTarget, headers: dict[str, str]) -> Response[Any]:
+    """An Anthropic-speaking upstream: its answer goes to the client byte for byte."""
+    response = await engine.upstream.send(upstream_request)
+    if response.status >= 300:
+        await _raise_upstream_error(response, provider, target.provider)
+    media_type = response.headers.get("content-type", "application/json")
+    if not upstream_request.stream:
+        try:
+            content = await response.read()
+        finally:
+            await response.aclose()
+        return Response(content, status_code=response.status, media_type=media_type, headers=headers)
+    return Stream(_relay(response), media_type=media_type, headers={**headers, "cache-control": "no-cache"})
+
+
+async def _relay(response: UpstreamResponse) -> AsyncIterator[bytes]:
+    """Upstream bytes as they arrive; a failure mid-stream appends an Anthropic ``error`` event (the blank
+    lines first end any record the upstream left half-written)."""
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except EngineError as exc:
+        logger.warning("stream failed: %s", exc.message)
+        yield b"\n\n" + encode_events([("error", error_envelope(exc.error_type, exc.message))])
+    finally:
+        await response.aclose()
 
 
 def _undefined_as_null(value: Any) -> None:

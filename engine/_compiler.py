@@ -60,7 +60,7 @@ UPSTREAM_STATUS_MAP: dict[int, int] = {
 
 #: Names every request template can use (docs/rules.md, "What a template sees").
 SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
-                         "fail", "none", "true", "false"})
+                         "fail", "client_headers", "none", "true", "false"})
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -329,6 +329,8 @@ class CompiledProvider:
     stream: _DecoderSpec
     finish_reasons: dict[str, str]
     errors: ErrorMap
+    passthrough: bool = False
+    """The provider speaks Anthropic Messages: bodies and answers go through byte for byte."""
     _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capabilities(self, model: str) -> dict[str, Any]:
@@ -349,10 +351,12 @@ class CompiledProvider:
         return expand_env(self.defaults.get(key), os.environ if env is None else env)
 
     def build_request(self, body: JSONObject, *, model: str, provider: Mapping[str, Any],
-                      stream: bool) -> PreparedRequest:
-        """Run the request chain. `provider` holds name, base_url, api_key and headers (merged settings)."""
+                      stream: bool, client_headers: Mapping[str, str] | None = None) -> PreparedRequest:
+        """Run the request chain. `provider` holds name, base_url, api_key and headers (merged settings);
+        `client_headers` are the client's request headers, lower-cased (templates see them as such).
+        A passthrough provider's body is not built here: the caller forwards the client's bytes."""
         tool_names: dict[str, str] = {}
-        if self.tool_name is not None:
+        if self.tool_name is not None and not self.passthrough:
             for tool in body.get("tools") or ():
                 name = tool.get("name") if isinstance(tool, dict) else None
                 if isinstance(name, str):
@@ -370,11 +374,12 @@ class CompiledProvider:
             "stream": stream,
             "tool_name": rename,
             "fail": fail,
+            "client_headers": client_headers or {},
         }
         headers = {name: str(value) for name, fn in self.headers if (value := fn(scope)) is not None}
         for name, value in (provider.get("headers") or {}).items():
             headers[name.lower()] = str(value)
-        upstream_body = self.body(scope)
+        upstream_body = {} if self.passthrough else self.body(scope)
         return PreparedRequest(str(self.url(scope)), headers, upstream_body,
                                {upstream: client for client, upstream in tool_names.items()})
 
@@ -419,7 +424,8 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
     names = SCOPE_NAMES | frozenset(bound_names(data)) | frozenset(JINJA_GLOBALS) | {"name"}
     ctx = CompileContext(rule_set, names)
     request = data.get("request") or {}
-    missing = [key for key in ("url", "body") if key not in request]
+    passthrough = bool(data.get("passthrough", False))
+    missing = [key for key in (("url",) if passthrough else ("url", "body")) if key not in request]
     for key in missing:
         pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
         ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
@@ -442,7 +448,7 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
         url=url, method=str(request.get("method", "POST")).upper(), headers=headers, body=body,
         tool_name=tool_name, response=response, stream=stream,
         finish_reasons={str(k): str(v) for k, v in (data.get("finish_reasons") or {}).items()},
-        errors=errors,
+        errors=errors, passthrough=passthrough,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
     return (None if has_error else provider), ctx.diagnostics

@@ -96,3 +96,91 @@ class StreamTranslator:
             return self._machine.fail(exc.error_type, exc.message)
         logger.error("stream translation failed", exc_info=exc)
         return self._machine.fail("api_error", "internal error while translating the stream")
+
+
+def replace_model(raw: bytes, model: str) -> bytes:
+    """`raw` (a JSON object) with its top-level ``model`` value replaced, every other byte kept.
+
+    Passthrough forwards the client's body untouched but for the routed model; re-encoding would
+    reorder nothing but still cost a parse-free copy of every byte and change number and escape
+    spellings. Falls back to re-encoding when the text is not the simple object this scans.
+    """
+    span = _top_level_value_span(raw, b"model")
+    if span is None:
+        body = orjson.loads(raw)
+        body["model"] = model
+        return orjson.dumps(body)
+    start, end = span
+    return raw[:start] + orjson.dumps(model) + raw[end:]
+
+
+_WHITESPACE = b" \t\r\n"
+
+
+def _top_level_value_span(raw: bytes, key: bytes) -> tuple[int, int] | None:
+    """Where the value of `key` in the top-level object of `raw` starts and ends; None if absent."""
+    i = _skip_space(raw, 0)
+    if i >= len(raw) or raw[i] != ord("{"):
+        return None
+    i += 1
+    while True:
+        i = _skip_space(raw, i)
+        if i >= len(raw) or raw[i] != ord('"'):
+            return None
+        name_end = _string_end(raw, i)
+        name = raw[i + 1:name_end - 1]
+        i = _skip_space(raw, name_end)
+        if i >= len(raw) or raw[i] != ord(":"):
+            return None
+        start = _skip_space(raw, i + 1)
+        end = _value_end(raw, start)
+        if name == key and b"\\" not in name:
+            return start, end
+        i = _skip_space(raw, end)
+        if i >= len(raw) or raw[i] != ord(","):
+            return None
+        i += 1
+
+
+def _skip_space(raw: bytes, i: int) -> int:
+    while i < len(raw) and raw[i] in _WHITESPACE:
+        i += 1
+    return i
+
+
+def _string_end(raw: bytes, i: int) -> int:
+    """Index just after the string that starts with the quote at `i`."""
+    i += 1
+    while i < len(raw):
+        byte = raw[i]
+        if byte == 0x5C:  # backslash: skip the escaped byte
+            i += 2
+            continue
+        if byte == 0x22:
+            return i + 1
+        i += 1
+    return len(raw)
+
+
+def _value_end(raw: bytes, i: int) -> int:
+    """Index just after the JSON value that starts at `i` (strings and nesting respected)."""
+    if i < len(raw) and raw[i] == 0x22:
+        return _string_end(raw, i)
+    depth = 0
+    while i < len(raw):
+        byte = raw[i]
+        if byte == 0x22:
+            i = _string_end(raw, i)
+            continue
+        if byte in b"[{":
+            depth += 1
+        elif byte in b"]}":
+            if depth == 0:
+                return i
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        elif byte == 0x2C and depth == 0:  # a comma ends a scalar
+            return i
+        i += 1
+    return i
