@@ -1,0 +1,189 @@
+"""A fake Anthropic Messages API: records what it receives byte for byte and answers scripted bytes.
+
+The passthrough provider must forward bodies and answers unchanged, so this fake deals in bytes:
+`AnthropicMessage` and `AnthropicStream` build the exact JSON and SSE an Anthropic server sends (the
+tests compare them with what the client received), `AnthropicError` answers an error envelope.
+
+    fake = FakeAnthropic(AnthropicStream.text("Hello", chunks=["He", "llo"]))
+    with serve_app(fake) as url: ...   # provider base_url = url
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .server import Receive, Scope, Send
+
+MESSAGES_PATH = "/v1/messages"
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _message(model: str, content: list[dict[str, Any]], stop_reason: str | None,
+             output_tokens: int) -> dict[str, Any]:
+    return {"id": "msg_01FakeAnthropic000000001", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+            "usage": {"input_tokens": 25, "output_tokens": output_tokens, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 100}}
+
+
+@dataclass
+class AnthropicMessage:
+    """A non-streamed answer: the message JSON (model echoed from the request)."""
+
+    content: list[dict[str, Any]]
+    stop_reason: str = "end_turn"
+
+    def body(self, model: str) -> bytes:
+        return orjson.dumps(_message(model, self.content, self.stop_reason, 12))
+
+
+@dataclass
+class AnthropicStream:
+    """A streamed answer as exact SSE records; `cut_after` drops the connection after that many records."""
+
+    records: list[bytes]
+    cut_after: int | None = None
+    delay: float = 0.0
+
+    @classmethod
+    def of(cls, model: str, blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]], stop_reason: str,
+           **options: Any) -> AnthropicStream:
+        records = [_event("message_start", {"type": "message_start",
+                                            "message": _message(model, [], None, 1)}),
+                   _event("ping", {"type": "ping"})]
+        for index, (start, deltas) in enumerate(blocks):
+            records.append(_event("content_block_start", {"type": "content_block_start", "index": index,
+                                                          "content_block": start}))
+            records += [_event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                       "delta": delta}) for delta in deltas]
+            records.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        records.append(_event("message_delta", {"type": "message_delta",
+                                                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                                                "usage": {"output_tokens": 42}}))
+        records.append(_event("message_stop", {"type": "message_stop"}))
+        return cls(records, **options)
+
+    @classmethod
+    def text(cls, text: str, chunks: list[str] | None = None, model: str = "claude-upstream",
+             **options: Any) -> AnthropicStream:
+        deltas = [{"type": "text_delta", "text": piece} for piece in (chunks or [text])]
+        return cls.of(model, [({"type": "text", "text": ""}, deltas)], "end_turn", **options)
+
+    @classmethod
+    def thinking_then_tool(cls, thinking: str, signature: str, tool: str, arguments: str,
+                           model: str = "claude-upstream") -> AnthropicStream:
+        third = max(1, len(arguments) // 3)
+        pieces = [arguments[i:i + third] for i in range(0, len(arguments), third)]
+        return cls.of(model, [
+            ({"type": "thinking", "thinking": "", "signature": ""},
+             [{"type": "thinking_delta", "thinking": thinking}, {"type": "signature_delta", "signature": signature}]),
+            ({"type": "tool_use", "id": "toolu_01FakeToolUse00000000001", "name": tool, "input": {}},
+             [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]),
+        ], "tool_use")
+
+
+@dataclass
+class AnthropicError:
+    """An error answer with Anthropic's envelope."""
+
+    status: int
+    type: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": self.type, "message": self.message},
+                             "request_id": "req_fake"})
+
+
+Reply = AnthropicMessage | AnthropicStream | AnthropicError
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+    sent: bytes = b""
+    """The body bytes this fake answered with (for byte-for-byte comparisons)."""
+
+    @property
+    def body(self) -> Any:
+        return orjson.loads(self.raw)
+
+
+class FakeAnthropic:
+    """Answers POST /v1/messages with scripted replies in order; records every request."""
+
+    def __init__(self, *script: Reply) -> None:
+        self.script: list[Reply] = list(script)
+        self.requests: list[Received] = []
+
+    def queue(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    def reset(self) -> None:
+        self.script, self.requests = [], []
+
+    @property
+    def last(self) -> Received:
+        assert self.requests, "FakeAnthropic has received no request"
+        return self.requests[-1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        raw = await _read(receive)
+        received = Received(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, raw)
+        self.requests.append(received)
+        reply: Reply
+        if scope["path"] != MESSAGES_PATH:
+            reply = AnthropicError(404, "not_found_error", f"unknown path {scope['path']}")
+        elif not self.script:
+            reply = AnthropicError(500, "api_error", "no scripted reply left")
+        else:
+            reply = self.script.pop(0)
+        if isinstance(reply, AnthropicError):
+            received.sent = reply.body()
+            await _start(send, reply.status, "application/json", reply.headers.items())
+            await send({"type": "http.response.body", "body": received.sent})
+        elif isinstance(reply, AnthropicMessage):
+            received.sent = reply.body(orjson.loads(raw).get("model", "?"))
+            await _start(send, 200, "application/json")
+            await send({"type": "http.response.body", "body": received.sent})
+        else:
+            await self._stream(reply, received, send)
+
+    async def _stream(self, reply: AnthropicStream, received: Received, send: Send) -> None:
+        await _start(send, 200, "text/event-stream; charset=utf-8")
+        records = reply.records if reply.cut_after is None else reply.records[:reply.cut_after]
+        for record in records:
+            received.sent += record
+            await send({"type": "http.response.body", "body": record, "more_body": True})
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        if reply.cut_after is not None:
+            raise ConnectionResetError("scripted cut")  # the server drops the connection mid-stream
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _read(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _start(send: Send, status: int, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+    raw = [(b"content-type", content_type.encode())] + [(k.lower().encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
