@@ -1,0 +1,404 @@
+"""The real Claude Code CLI completes an agentic turn through `ccproxy-engine serve`.
+
+Unit and SDK tests cannot show that the one client that matters works; this runs it. The pinned CLI
+(tests/claude_code/VERSION, installed by scripts/install-claude-code into a cache outside the
+checkout) gets a task in print mode, in a scratch directory with a fresh HOME, against the proxy
+served as its own process, which routes to a scripted fake upstream. The scripted model first calls
+Write, then answers with text once it sees the tool result. The test asserts what a user would see
+(exit code, the JSON result, the file) and what the provider saw (a valid tool-result turn, the full
+tool list, bodies inside the provider SDK's types).
+
+Run it with `./scripts/install-claude-code && .venv/bin/pytest -m claude_code`; without the CLI it
+skips. `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
+(tests/fixtures/claude-code/README.md describes the format and the masking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pytest
+from e2e.test_e2e_cli import cli_command, free_port, stop, wait_healthy
+from fakes import Call, FakeOpenAI, Text, ToolCalls, serve_app
+from fakes.server import ASGIApp, Receive, Scope, Send
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION_FILE = REPO / "tests" / "claude_code" / "VERSION"
+INSTALL_DIR = Path(os.environ.get("CCPROXY_CLAUDE_CODE_DIR") or Path.home() / ".cache/ccproxy-engine/claude-code")
+RECORD_DIR = os.environ.get("CCPROXY_RECORD_CLAUDE_CODE")
+
+UPSTREAM_KEY = "sk-claude-code-upstream"
+CLIENT_KEY = "sk-ant-claude-code-dummy"
+TASK = "Create hello.txt in the current directory containing the line 'hello from ccproxy'."
+CONTENT = "hello from ccproxy\n"
+DONE_TEXT = "Created hello.txt."
+SIDE_TEXT = "OK"
+WRITE_RESULT = "File created successfully at: "
+#: The CLI's own limit: a model that never stops calling tools fails the run instead of hanging it.
+MAX_TURNS = 4
+CLI_TIMEOUT = 180.0
+
+
+def pinned_version() -> str:
+    """The version line of tests/claude_code/VERSION (lines starting with # are comments)."""
+    lines = [line.strip() for line in VERSION_FILE.read_text(encoding="utf-8").splitlines()]
+    return next(line for line in lines if line and not line.startswith("#"))
+
+
+VERSION = pinned_version()
+CLAUDE = INSTALL_DIR / VERSION / "node_modules" / ".bin" / "claude"
+
+
+# --- the scripted model, whatever the provider's wire format -----------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one upstream request carried, read from the provider's wire format."""
+
+    tools: list[str]
+    streamed: bool
+    calls: dict[str, tuple[str, dict[str, Any]]]
+    """Tool calls of the assistant turns: call id → (tool name, arguments)."""
+    results: dict[str, str]
+    """Tool results anywhere in the conversation (not only last): call id → result text."""
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    call_id: str
+    path: Path
+    content: str
+
+    def arguments(self) -> dict[str, Any]:
+        return {"file_path": str(self.path), "content": self.content}
+
+
+@dataclass(frozen=True)
+class ScriptedModel:
+    """Writes `target` with one Write call, then says DONE_TEXT once that call's result is back.
+
+    Requests that do not offer Write (title generation, warm-ups, haiku-class side calls) get a plain
+    SIDE_TEXT, so the conversation requests alone drive the script.
+    """
+
+    target: Path
+    call_id: str = "call_ccproxyWrite01"
+
+    @property
+    def write(self) -> WriteFile:
+        return WriteFile(self.call_id, self.target, CONTENT)
+
+    def answer(self, turn: Turn) -> Say | WriteFile:
+        if "Write" not in turn.tools:
+            return Say(SIDE_TEXT)
+        if self.call_id in turn.results:
+            return Say(DONE_TEXT)
+        return self.write
+
+
+# --- providers: a fake upstream that speaks the wire and answers as the scripted model ---------
+
+
+class FakeUpstream(Protocol):
+    app: ASGIApp
+
+    def turns(self) -> list[Turn]:
+        """Every request the fake answered, in order."""
+        ...
+
+    def assert_valid(self) -> None:
+        """Fail if any request left the provider's request types or was refused."""
+        ...
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One provider row: its rules name (also its config name), the routed model, and its fake."""
+
+    name: str
+    model: str
+    base_path: str
+    fake: Callable[[ScriptedModel], FakeUpstream]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+
+
+def openai_turn(body: Mapping[str, Any]) -> Turn:
+    messages = body.get("messages") or []
+    calls = {
+        call["id"]: (call["function"]["name"], json.loads(call["function"]["arguments"] or "{}"))
+        for message in messages if message.get("role") == "assistant"
+        for call in message.get("tool_calls") or []
+    }
+    results = {m["tool_call_id"]: _text_of(m.get("content")) for m in messages if m.get("role") == "tool"}
+    tools = [tool["function"]["name"] for tool in body.get("tools") or []]
+    return Turn(tools=tools, streamed=body.get("stream") is True, calls=calls, results=results)
+
+
+class OpenAIUpstream:
+    """FakeOpenAI (strict: a body outside the `openai` SDK's types gets a 400) driven by the model."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.fake = FakeOpenAI(api_key=UPSTREAM_KEY, check_sdk_types=True, responder=self._respond)
+        self.app: ASGIApp = self.fake
+        self._model = model
+
+    def _respond(self, body: dict[str, Any]) -> Text | ToolCalls:
+        answer = self._model.answer(openai_turn(body))
+        if isinstance(answer, Say):
+            return Text(answer.text)
+        return ToolCalls([Call("Write", answer.arguments(), id=answer.call_id)], split=3)
+
+    def turns(self) -> list[Turn]:
+        return [openai_turn(request.body) for request in self.fake.requests if isinstance(request.body, dict)]
+
+    def assert_valid(self) -> None:
+        self.fake.assert_valid_with_sdk_types()
+        refused = [(r.path, r.status, r.problems) for r in self.fake.requests if r.status != 200]
+        assert not refused, f"the fake refused requests: {refused}"
+
+
+PROVIDERS = [
+    Provider("openai", "gpt-4.1", "/v1", OpenAIUpstream),
+]
+
+
+# --- serving and running -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def claude() -> Path:
+    if not os.access(CLAUDE, os.X_OK):
+        pytest.skip(f"Claude Code {VERSION} is not installed at {CLAUDE}: run scripts/install-claude-code (needs npm)")
+    return CLAUDE
+
+
+def write_config(directory: Path, provider: Provider, fake_url: str) -> Path:
+    path = directory / "ccproxy.yaml"
+    path.write_text(
+        "providers:\n"
+        f"  {provider.name}: {{base_url: '{fake_url}{provider.base_path}', api_key: {UPSTREAM_KEY}}}\n"
+        "routes:\n"
+        f"  default: [{provider.name}/{provider.model}]\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@dataclass
+class Served:
+    url: str
+    output: str = ""
+    returncode: int | None = None
+
+
+@contextlib.contextmanager
+def serve_proxy(config: Path) -> Iterator[Served]:
+    """`ccproxy-engine serve --log-level info` as its own process; `output` and `returncode` are
+    filled in when it has stopped (SIGTERM) at the end of the block."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*cli_command(), "serve", "--config", str(config), "--port", str(port), "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        wait_healthy(served.url, process)
+        yield served
+    finally:
+        served.output = stop(process)
+        served.returncode = process.returncode
+
+
+def claude_env(home: Path, base_url: str) -> dict[str, str]:
+    """Only what the CLI needs: no proxy, key or config of the machine leaks in."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": CLIENT_KEY,
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_BUG_COMMAND": "1",
+    }
+
+
+def run_claude(claude: Path, base_url: str, project: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(claude), "-p", TASK, "--output-format", "json", "--permission-mode", "acceptEdits",
+               "--max-turns", str(MAX_TURNS)]
+    return subprocess.run(command, cwd=project, env=claude_env(home, base_url), capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT, check=False)
+
+
+# --- recording the CLI's requests as fixtures (CCPROXY_RECORD_CLAUDE_CODE) ----------------------
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int = 0
+    response: bytes = b""
+
+
+@dataclass
+class Recorder:
+    """A pass-through in front of the proxy that keeps every request and answer, for fixtures."""
+
+    target: str
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        query = scope["query_string"].decode()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        exchange = Exchange(scope["method"], scope["path"] + (f"?{query}" if query else ""), headers, body)
+        self.exchanges.append(exchange)
+        hop = {"host", "content-length", "connection", "transfer-encoding"}
+        forwarded = {k: v for k, v in headers.items() if k.lower() not in hop}
+        async with httpx.AsyncClient(timeout=CLI_TIMEOUT) as client, \
+                client.stream(exchange.method, self.target + exchange.path, headers=forwarded,
+                              content=body) as response:
+            exchange.status = response.status_code
+            kept = [(k.encode(), v.encode()) for k, v in response.headers.multi_items()
+                    if k.lower() not in hop]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
+            async for piece in response.aiter_raw():
+                exchange.response += piece
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@contextlib.contextmanager
+def recording(proxy_url: str, rewrites: Mapping[str, str]) -> Iterator[str]:
+    """Without CCPROXY_RECORD_CLAUDE_CODE the CLI talks to the proxy directly; with it, through a
+    Recorder, and its `POST /v1/messages` requests are written there as NNN.json at the end."""
+    if not RECORD_DIR:
+        yield proxy_url
+        return
+    recorder = Recorder(proxy_url)
+    with serve_app(recorder) as url:
+        yield url
+    failed = [(e.method, e.path, e.status) for e in recorder.exchanges if e.status >= 400]
+    assert not failed, f"the proxy answered the CLI with errors: {failed}"
+    write_fixtures(Path(RECORD_DIR), recorder.exchanges, rewrites)
+
+
+def write_fixtures(directory: Path, exchanges: Collection[Exchange], rewrites: Mapping[str, str]) -> None:
+    """The fixture format of tests/fixtures/claude-code: scratch paths and the kernel version
+    rewritten (`rewrites`), the client key masked; Content-Length is the rewritten body's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    messages = [e for e in exchanges if e.method == "POST" and e.path.startswith("/v1/messages?")]
+    for number, exchange in enumerate(messages, 1):
+        text = exchange.body.decode()
+        for old, new in rewrites.items():
+            text = text.replace(old, new)
+        text = re.sub(r"OS Version: [^\\\n\"]*", "OS Version: Linux 6.8.0-generic", text)
+        headers = {**exchange.headers, "x-api-key": "sk-ant-***(masked)", "host": "127.0.0.1:8080",
+                   "content-length": str(len(text.encode()))}
+        fixture = {"path": exchange.path, "headers": headers, "body": json.loads(text)}
+        (directory / f"{number:03d}.json").write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n",
+                                                      encoding="utf-8")
+
+
+def path_rewrites(project: Path, home: Path) -> dict[str, str]:
+    """Scratch paths → the fixtures' /home/dev paths, also in the dash-slug form the CLI uses for
+    its per-project directory (longest first, so the project wins over its parent)."""
+    new_project, new_home = "/home/dev/project-fixture-5", "/home/dev"
+    pairs = {str(project): new_project, str(home): new_home}
+    slugs = {re.sub(r"[^A-Za-z0-9]", "-", old): re.sub(r"[^A-Za-z0-9]", "-", new) for old, new in pairs.items()}
+    return dict(sorted({**pairs, **slugs}.items(), key=lambda item: -len(item[0])))
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+def test_the_scripted_model_sees_a_tool_result_that_system_messages_follow(tmp_path: Path) -> None:
+    """Claude Code may append system-role messages after the tool result: the script must still
+    see it, or it would ask for the same Write forever."""
+    model = ScriptedModel(tmp_path / "hello.txt")
+    call = Call("Write", model.write.arguments(), id=model.call_id).to_json()
+    body: dict[str, Any] = {
+        "stream": True,
+        "tools": [{"type": "function", "function": {"name": name}} for name in ("Bash", "Write")],
+        "messages": [
+            {"role": "system", "content": "prompt"},
+            {"role": "user", "content": "task"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": model.call_id, "content": [{"type": "text", "text": "created"}]},
+            {"role": "system", "content": "<system-reminder>later</system-reminder>"},
+        ],
+    }
+    assert model.answer(openai_turn(body)) == Say(DONE_TEXT)
+    assert model.answer(openai_turn({**body, "messages": body["messages"][:2]})) == model.write
+    assert model.answer(openai_turn({**body, "tools": []})) == Say(SIDE_TEXT)
+
+
+@pytest.mark.e2e
+@pytest.mark.claude_code
+@pytest.mark.parametrize("provider", PROVIDERS, ids=[p.name for p in PROVIDERS])
+def test_claude_code_writes_a_file_through_the_proxy(claude: Path, provider: Provider, tmp_path: Path) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    model = ScriptedModel(project / "hello.txt")
+    upstream = provider.fake(model)
+    started = time.monotonic()
+    with serve_app(upstream.app) as fake_url, \
+            serve_proxy(write_config(tmp_path, provider, fake_url)) as proxy, \
+            recording(proxy.url, path_rewrites(project, home)) as base_url:
+        run = run_claude(claude, base_url, project, home)
+    took = time.monotonic() - started
+    context = f"CLI exit {run.returncode} after {took:.1f} s\nstdout: {run.stdout}\nstderr: {run.stderr}\n" \
+              f"proxy:\n{proxy.output}"
+
+    assert run.returncode == 0, context
+    result = json.loads(run.stdout)
+    assert (result["type"], result["subtype"], result["is_error"]) == ("result", "success", False), context
+    assert result["result"] == DONE_TEXT, context
+    assert model.target.read_text(encoding="utf-8") == CONTENT
+    assert proxy.returncode == 0, context
+    assert "Traceback" not in proxy.output, proxy.output
+
+    upstream.assert_valid()
+    turns = upstream.turns()
+    assert all(turn.streamed for turn in turns), "the CLI fell back to a non-streamed request"
+    assert any(len(turn.tools) >= 12 for turn in turns), [len(turn.tools) for turn in turns]
+    write = model.write
+    answered = [turn for turn in turns if write.call_id in turn.results]
+    assert answered, f"no request carried the Write result: {turns}"
+    assert answered[0].calls[write.call_id] == ("Write", write.arguments())
+    assert answered[0].results[write.call_id].startswith(WRITE_RESULT + str(model.target))
