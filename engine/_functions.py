@@ -322,6 +322,207 @@ def _copy(value: JSON) -> JSON:
     return value
 
 
+def openapi_schema(schema: JSON, keywords: Iterable[str], formats: Iterable[str]) -> JSON:
+    """A JSON Schema rewritten in the OpenAPI 3.0 subset that APIs with a typed schema object accept
+    (Gemini's function ``parameters``, which rejects the whole request over one unknown keyword).
+
+    Local ``$ref`` pointers into ``$defs``/``definitions`` are inlined (a recursive one becomes
+    ``{"type": "object"}``), ``allOf`` is merged, ``oneOf`` read as ``anyOf``, a ``null`` type or
+    branch becomes ``nullable``, a single remaining branch is inlined, ``const`` becomes a one-value
+    ``enum``, enum values become strings, ``exclusiveMinimum``/``exclusiveMaximum`` become inclusive
+    bounds (one step in for integers), ``required`` keeps only declared properties, an array gets
+    ``items``, and ``examples`` gives its first value to ``example``. Then every keyword not in
+    `keywords` is dropped, and ``format`` unless its value is in `formats`. Property names are never
+    taken for keywords. The input is not modified.
+    """
+    if isinstance(keywords, str) or isinstance(formats, str):
+        raise TypeError("openapi_schema: keywords and formats must be lists of strings")
+    if not isinstance(schema, dict):
+        return _copy(schema)
+    defs: dict[str, JSON] = {}
+    for key in ("definitions", "$defs"):
+        if isinstance(schema.get(key), dict):
+            defs.update({f"#/{key}/{name}": value for name, value in schema[key].items()})
+    keep = frozenset(keywords)
+    return _OpenAPISchema(defs, keep, frozenset(formats), _wanted_keywords(keep)).convert(schema, ())
+
+
+def _wanted_keywords(keep: frozenset[str]) -> frozenset[str]:
+    """Input keywords worth reading: the kept ones and those that turn into kept ones."""
+    derived = {"const": "enum", "examples": "example", "exclusiveMinimum": "minimum",
+               "exclusiveMaximum": "maximum"}
+    return keep | {source for source, target in derived.items() if target in keep}
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenAPISchema:
+    """One `openapi_schema` conversion: the definitions refs point to, and what to keep."""
+
+    defs: dict[str, JSON]
+    keywords: frozenset[str]
+    formats: frozenset[str]
+    wanted: frozenset[str]
+
+    def convert(self, node: JSON, seen: tuple[str, ...]) -> dict[str, JSON]:
+        if not isinstance(node, dict):
+            return {}  # a boolean schema ("anything") has no OpenAPI form but the empty schema
+        node, seen = self._deref(node, seen)
+        node = self._merge_all_of(node, seen)
+        nullable = node.get("nullable") is True
+        own: dict[str, JSON] = {}
+        kind = node.get("type")
+        branches: list[JSON] = []
+        if isinstance(kind, list):
+            named = [t for t in kind if t != "null"]
+            nullable = nullable or len(named) < len(kind)
+            if len(named) == 1:
+                own["type"] = named[0]
+            else:
+                branches = [{"type": t} for t in named]
+        elif kind == "null":
+            nullable = True
+        elif kind is not None:
+            own["type"] = kind
+        for key in ("anyOf", "oneOf"):
+            if isinstance(node.get(key), list):
+                branches += node[key]
+        kept: list[JSON] = []
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "null":
+                nullable = True
+            else:
+                kept.append(self.convert(branch, seen))
+        for key, value in node.items():
+            self._keyword(key, value, node, own, seen)
+        if own.get("type") == "array" and "items" not in own:
+            own["items"] = {}
+        if "enum" in own:
+            nullable = nullable or None in own["enum"]
+            own["enum"] = [_enum_text(v) for v in own["enum"] if v is not None]
+        if nullable:
+            own["nullable"] = True
+        if len(kept) == 1:
+            own = {**kept[0], **own}  # the schema's own keywords win over the branch it wraps
+        elif kept:
+            own["anyOf"] = kept
+        return {key: value for key, value in own.items() if key in self.keywords}
+
+    def _keyword(self, key: str, value: JSON, node: dict[str, JSON], own: dict[str, JSON],
+                 seen: tuple[str, ...]) -> None:
+        if key in ("type", "anyOf", "oneOf", "allOf", "$ref", "nullable") or key not in self.wanted:
+            return
+        if key == "properties" and isinstance(value, dict):
+            own[key] = {name: self.convert(schema, seen) for name, schema in value.items()}
+        elif key == "required" and isinstance(value, list):
+            declared = node.get("properties")
+            names = [name for name in value if isinstance(declared, dict) and name in declared]
+            if names:
+                own[key] = names
+        elif key in ("items", "additionalProperties") and isinstance(value, dict | list):
+            own[key] = self.convert(value[0] if isinstance(value, list) and value else value, seen)
+        elif key == "const":
+            own.setdefault("enum", [_copy(value)])
+        elif key == "enum" and isinstance(value, list):
+            own[key] = _copy(value)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            self._exclusive(key, value, node, own)
+        elif key == "format":
+            if value in self.formats:
+                own[key] = value
+        elif key == "examples":
+            if isinstance(value, list) and value and "example" not in node:
+                own["example"] = _copy(value[0])
+        else:
+            own[key] = _copy(value)
+
+    def _exclusive(self, key: str, value: JSON, node: dict[str, JSON], own: dict[str, JSON]) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return  # draft-4 style flag: the bound stays inclusive (slightly looser)
+        step = 1 if node.get("type") == "integer" and isinstance(value, int) else 0
+        if key == "exclusiveMinimum":
+            current = node.get("minimum")
+            bound = value + step
+            own["minimum"] = max(bound, current) if isinstance(current, int | float) else bound
+        else:
+            current = node.get("maximum")
+            bound = value - step
+            own["maximum"] = min(bound, current) if isinstance(current, int | float) else bound
+
+    def _deref(self, node: dict[str, JSON], seen: tuple[str, ...]) -> tuple[dict[str, JSON], tuple[str, ...]]:
+        """Follow ``$ref`` (siblings of the ref win); an unknown or recursive one is an open object."""
+        while isinstance(node.get("$ref"), str):
+            ref = node["$ref"]
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            target = self.defs.get(ref)
+            if ref in seen or not isinstance(target, dict):
+                return {"type": "object", **rest}, seen
+            node, seen = {**target, **rest}, (*seen, ref)
+        return node, seen
+
+    def _merge_all_of(self, node: dict[str, JSON], seen: tuple[str, ...]) -> dict[str, JSON]:
+        parts = node.get("allOf")
+        if not isinstance(parts, list):
+            return node
+        merged = {key: value for key, value in node.items() if key != "allOf"}
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            resolved, _ = self._deref(part, seen)
+            for key, value in self._merge_all_of(resolved, seen).items():
+                if key == "properties" and isinstance(value, dict):
+                    merged[key] = {**value, **(merged.get(key) or {})}
+                elif key == "required" and isinstance(value, list):
+                    merged[key] = list(dict.fromkeys([*(merged.get(key) or []), *value]))
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+
+def _enum_text(value: JSON) -> str:
+    return value if isinstance(value, str) else json_encode(value)
+
+
+# -- turns and tool calls --------------------------------------------------------------------------
+
+
+def merge_turns(items: JSON, role_key: str, parts_key: str) -> list[JSON]:
+    """Consecutive items with the same `role_key` value merged into one whose `parts_key` list holds
+    all their parts in order; items without parts are left out first. Providers that want strictly
+    alternating turns (Gemini) get them, whatever the client's message list looked like."""
+    if not isinstance(items, list):
+        return []
+    merged: list[JSON] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        parts = item.get(parts_key)
+        if not isinstance(parts, list) or not parts:
+            continue
+        last = merged[-1] if merged else None
+        if last is not None and last.get(role_key) == item.get(role_key):
+            last[parts_key] = [*last[parts_key], *parts]
+        else:
+            merged.append({**item, parts_key: list(parts)})
+    return merged
+
+
+def tool_names_by_id(messages: JSON) -> dict[str, JSON]:
+    """The name of every tool call in an Anthropic message list, by tool_use id: what a provider
+    that answers tool results by function name (Gemini's functionResponse) needs, since a
+    `tool_result` names only the id."""
+    names: dict[str, JSON] = {}
+    if not isinstance(messages, list):
+        return names
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list) or message.get("role") != "assistant":
+            continue
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                names[block["id"]] = block.get("name")
+    return names
+
+
 # -- JMESPath --------------------------------------------------------------------------------------
 
 
@@ -399,6 +600,18 @@ class EngineFunctions(functions.Functions):  # type: ignore[misc]  # jmespath sh
     def _func_is_engine_signature(self, signature: JSON) -> bool:
         return is_engine_signature(signature)
 
+    @signature({"types": []}, {"types": ["array-string"]}, {"types": ["array-string"]})
+    def _func_openapi_schema(self, schema: JSON, keywords: list[str], formats: list[str]) -> JSON:
+        return openapi_schema(schema, keywords, formats)
+
+    @signature({"types": []}, {"types": ["string"]}, {"types": ["string"]})
+    def _func_merge_turns(self, items: JSON, role_key: str, parts_key: str) -> list[JSON]:
+        return merge_turns(items, role_key, parts_key)
+
+    @signature({"types": []})
+    def _func_tool_names_by_id(self, messages: JSON) -> dict[str, JSON]:
+        return tool_names_by_id(messages)
+
 
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=EngineFunctions())
 """Pass to every `ParsedResult.search`; shared by all requests."""
@@ -420,6 +633,9 @@ JINJA_FILTERS: dict[str, Callable[..., Any]] = {
     "integers": integers,
     "decode_signature": decode_signature,
     "is_engine_signature": is_engine_signature,
+    "openapi_schema": openapi_schema,
+    "merge_turns": merge_turns,
+    "tool_names_by_id": tool_names_by_id,
 }
 """Filters the compiler installs: `{{ schema | strip_keys(['format']) }}`."""
 
@@ -533,6 +749,30 @@ _SAMPLE_SCHEMA = {
     "properties": {"format": {"type": "string", "format": "uri"}},
     "additionalProperties": False,
 }
+_LOOSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "path": {"type": ["string", "null"], "format": "uri"},
+        "mode": {"const": "fast"},
+        "limit": {"type": "integer", "exclusiveMinimum": 0},
+    },
+    "required": ["path", "gone"],
+    "additionalProperties": False,
+}
+_TURNS = [
+    {"role": "user", "parts": [{"text": "Hi"}]},
+    {"role": "user", "parts": [{"text": "Read notes.md"}]},
+    {"role": "model", "parts": []},
+    {"role": "model", "parts": [{"text": "Sure."}]},
+]
+_TOOL_LOOP = [
+    {"role": "user", "content": "Read notes.md, then list the files"},
+    {"role": "assistant", "content": [
+        {"type": "text", "text": "Reading."},
+        {"type": "tool_use", "id": "toolu_01", "name": "Read", "input": {"file_path": "notes.md"}},
+        {"type": "tool_use", "id": "toolu_02", "name": "Bash", "input": {"command": "ls"}},
+    ]},
+]
 _LONG_MCP_NAME = "mcp__" + "acme-internal-knowledge-base__" + "search_documents_by_semantic_similarity_v2"
 _GEMINI_SIGNATURE = "ccpx1.eyJwIjoiZ2VtaW5pIiwibSI6ImdlbWluaS0yLjUtcHJvIiwiZCI6ImMybG5MVEUifQ"
 _ANTHROPIC_LIKE_SIGNATURE = "EqQBCkgIARABGAIiQJ2x0XxQ+uHqYyNWAw=="
@@ -768,6 +1008,57 @@ _DOCS = (
             Example((_GEMINI_SIGNATURE,), True),
             Example((_ANTHROPIC_LIKE_SIGNATURE,), False),
         ),
+    ),
+    FunctionDoc(
+        "openapi_schema", "both",
+        "A tool's JSON Schema rewritten in the OpenAPI 3.0 subset that typed schema fields accept "
+        "(Gemini's `parameters`): local `$ref`s inlined, `allOf` merged, `oneOf` read as `anyOf`, "
+        "null types and branches as `nullable`, `const` as a one-value `enum`, enum values as "
+        "strings, exclusive bounds as inclusive ones, `required` limited to declared properties; "
+        "then only the given keywords are kept, and `format` only with one of the given values. "
+        "Property names are never taken for keywords.",
+        "Schemas",
+        (
+            Param("schema", "any", "the JSON Schema; it is not modified"),
+            Param("keywords", "array-string", "the keywords to keep"),
+            Param("formats", "array-string", "the `format` values to keep"),
+        ),
+        "any",
+        (
+            Example(
+                (_LOOSE_SCHEMA, ["type", "properties", "required", "nullable", "enum", "minimum", "format"],
+                 ["date-time"]),
+                {"type": "object",
+                 "properties": {"path": {"type": "string", "nullable": True}, "mode": {"enum": ["fast"]},
+                                "limit": {"type": "integer", "minimum": 1}},
+                 "required": ["path"]},
+            ),
+        ),
+    ),
+    FunctionDoc(
+        "merge_turns", "both",
+        "Consecutive items with the same role merged into one that holds all their parts, in order; "
+        "items without parts are left out first. For providers that want strictly alternating turns.",
+        "Content",
+        (
+            Param("items", "any", "the turns, e.g. Gemini `contents`"),
+            Param("role_key", "string", "the key holding an item's role"),
+            Param("parts_key", "string", "the key holding an item's list of parts"),
+        ),
+        "array",
+        (Example((_TURNS, "role", "parts"),
+                 [{"role": "user", "parts": [{"text": "Hi"}, {"text": "Read notes.md"}]},
+                  {"role": "model", "parts": [{"text": "Sure."}]}]),),
+    ),
+    FunctionDoc(
+        "tool_names_by_id", "both",
+        "The name of every tool call in an Anthropic message list, by tool_use id: what a provider "
+        "that answers tool results by function name (Gemini) needs, since a `tool_result` carries "
+        "only the id.",
+        "Content",
+        (Param("messages", "any", "the request's `messages`"),),
+        "object",
+        (Example((_TOOL_LOOP,), {"toolu_01": "Read", "toolu_02": "Bash"}),),
     ),
 )
 

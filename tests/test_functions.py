@@ -34,13 +34,16 @@ from ccproxy_engine._functions import (
     is_engine_signature,
     json_decode,
     json_encode,
+    merge_turns,
     new_id,
+    openapi_schema,
     render_reference_markdown,
     set_id_source,
     short_id,
     short_name,
     strip_keys,
     text_of,
+    tool_names_by_id,
     with_previous,
 )
 
@@ -529,3 +532,203 @@ def test_strip_keys_is_fast_on_claude_code_tools() -> None:
     cleaned = [strip_keys(t["input_schema"], keys) for t in tools]
     assert "additionalProperties" not in json_encode(cleaned)
     assert "$schema" not in json_encode(cleaned)
+
+
+# -- turns and tool calls --------------------------------------------------------------------------
+
+
+def test_merge_turns_merges_runs_and_drops_empty_turns() -> None:
+    turns = [
+        {"role": "user", "parts": [{"text": "a"}]},
+        {"role": "model", "parts": []},
+        {"role": "model"},
+        {"role": "user", "parts": [{"text": "b"}, {"text": "c"}]},
+        "not a turn",
+        {"role": "model", "parts": [{"functionCall": {"name": "f"}}], "extra": 1},
+        {"role": "model", "parts": [{"text": "d"}]},
+    ]
+    original = copy.deepcopy(turns)
+    merged = merge_turns(turns, "role", "parts")
+    assert merged == [
+        {"role": "user", "parts": [{"text": "a"}, {"text": "b"}, {"text": "c"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "f"}}, {"text": "d"}], "extra": 1},
+    ]
+    assert turns == original, "the input is never modified"
+    assert merge_turns(None, "role", "parts") == []
+
+
+def test_merge_turns_sides_agree(jinja_env: jinja2.Environment) -> None:
+    turns = [{"author": "a", "items": [1]}, {"author": "a", "items": [2]}, {"author": "b", "items": [3]}]
+    expected = [{"author": "a", "items": [1, 2]}, {"author": "b", "items": [3]}]
+    assert merge_turns(turns, "author", "items") == expected
+    assert search("merge_turns(@, 'author', 'items')", turns) == expected
+    assert render(jinja_env, "turns | merge_turns('author', 'items')", turns=turns) == expected
+
+
+def test_tool_names_by_id_reads_assistant_tool_use_blocks_only() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "tool_use", "id": "toolu_user", "name": "Nope", "input": {}}]},
+        {"role": "assistant", "content": "plain text"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "", "signature": "x"},
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}},
+            {"type": "tool_use", "name": "NoId", "input": {}},
+        ]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_2", "name": "Bash", "input": {}}]},
+    ]
+    assert tool_names_by_id(messages) == {"toolu_1": "Read", "toolu_2": "Bash"}
+    assert search("tool_names_by_id(@)", messages) == {"toolu_1": "Read", "toolu_2": "Bash"}
+    assert tool_names_by_id(None) == {} and tool_names_by_id(["x", 1]) == {}
+
+
+# -- openapi_schema --------------------------------------------------------------------------------
+
+#: What Gemini's `parameters` (an OpenAPI 3.0 Schema subset) takes; protocols.md 3.6.
+GEMINI_KEYWORDS = ["type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+                   "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
+                   "pattern", "example", "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"]
+GEMINI_FORMATS = ["enum", "date-time", "int32", "int64", "float", "double"]
+
+
+def gemini(schema: Any) -> Any:
+    return openapi_schema(schema, GEMINI_KEYWORDS, GEMINI_FORMATS)
+
+
+def test_openapi_schema_null_types_and_branches_become_nullable() -> None:
+    assert gemini({"type": ["string", "null"]}) == {"type": "string", "nullable": True}
+    assert gemini({"type": "null"}) == {"nullable": True}
+    assert gemini({"anyOf": [{"type": "integer"}, {"type": "null"}], "description": "n"}) == {
+        "type": "integer", "nullable": True, "description": "n"}
+    assert gemini({"type": ["string", "integer"]}) == {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    assert gemini({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}) == {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+def test_openapi_schema_wrapped_branch_keeps_the_outer_keywords() -> None:
+    schema = {"anyOf": [{"type": "string", "description": "inner"}, {"type": "null"}], "description": "outer"}
+    assert gemini(schema) == {"type": "string", "description": "outer", "nullable": True}
+
+
+def test_openapi_schema_inlines_refs_and_cuts_cycles() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {
+            "Mode": {"type": "string", "enum": ["a", "b"]},
+            "Node": {"type": "object", "properties": {"child": {"$ref": "#/$defs/Node"}}},
+        },
+        "definitions": {"Old": {"type": "integer"}},
+        "properties": {
+            "mode": {"$ref": "#/$defs/Mode", "description": "which"},
+            "tree": {"$ref": "#/$defs/Node"},
+            "old": {"$ref": "#/definitions/Old"},
+            "remote": {"$ref": "https://example.com/schema.json"},
+        },
+    }
+    assert gemini(schema) == {
+        "type": "object",
+        "properties": {
+            "mode": {"type": "string", "enum": ["a", "b"], "description": "which"},
+            "tree": {"type": "object", "properties": {"child": {"type": "object"}}},
+            "old": {"type": "integer"},
+            "remote": {"type": "object"},
+        },
+    }
+
+
+def test_openapi_schema_merges_all_of() -> None:
+    schema = {"allOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+        {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+    ], "description": "both"}
+    assert gemini(schema) == {"type": "object", "description": "both",
+                              "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+                              "required": ["a", "b"]}
+
+
+def test_openapi_schema_values_bounds_and_formats() -> None:
+    assert gemini({"const": 3}) == {"enum": ["3"]}
+    assert gemini({"type": "integer", "enum": [1, 2, None]}) == {"type": "integer", "enum": ["1", "2"],
+                                                                 "nullable": True}
+    assert gemini({"enum": [True, "x", 1.5]}) == {"enum": ["true", "x", "1.5"]}
+    assert gemini({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}) == {
+        "type": "integer", "minimum": 1, "maximum": 9}
+    assert gemini({"type": "number", "exclusiveMinimum": 0.5, "minimum": 2}) == {"type": "number", "minimum": 2}
+    assert gemini({"type": "number", "minimum": 0, "exclusiveMinimum": True}) == {"type": "number", "minimum": 0}
+    assert gemini({"type": "string", "format": "uri"}) == {"type": "string"}
+    assert gemini({"type": "string", "format": "date-time"}) == {"type": "string", "format": "date-time"}
+    assert gemini({"type": "string", "examples": ["a", "b"]}) == {"type": "string", "example": "a"}
+    assert gemini({"type": "array"}) == {"type": "array", "items": {}}
+    assert gemini({"type": "array", "items": [{"type": "string"}, {"type": "integer"}]}) == {
+        "type": "array", "items": {"type": "string"}}
+
+
+def test_openapi_schema_required_names_only_declared_properties() -> None:
+    assert gemini({"type": "object", "properties": {"a": {}}, "required": ["a", "b"]}) == {
+        "type": "object", "properties": {"a": {}}, "required": ["a"]}
+    assert gemini({"type": "object", "required": ["a"]}) == {"type": "object"}
+
+
+def test_openapi_schema_keeps_property_names_that_look_like_keywords() -> None:
+    schema = {"type": "object", "properties": {
+        "format": {"type": "string", "format": "email", "default": {"format": 1, "const": 2}},
+        "$ref": {"type": "string"},
+        "-A": {"type": "number", "multipleOf": 2},
+    }, "propertyNames": {"pattern": "^.*$"}, "additionalProperties": False, "$schema": "x"}
+    assert gemini(schema) == {"type": "object", "properties": {
+        "format": {"type": "string", "default": {"format": 1, "const": 2}},
+        "$ref": {"type": "string"},
+        "-A": {"type": "number"},
+    }}
+
+
+def test_openapi_schema_keeps_what_the_caller_asks_for() -> None:
+    schema = {"type": "object", "additionalProperties": {"type": ["string", "null"]}, "title": "t"}
+    assert openapi_schema(schema, ["type", "additionalProperties", "nullable"], []) == {
+        "type": "object", "additionalProperties": {"type": "string", "nullable": True}}
+    assert openapi_schema(True, ["type"], []) is True
+    with pytest.raises(TypeError):
+        openapi_schema({}, "type", [])
+
+
+def test_openapi_schema_sides_agree(jinja_env: jinja2.Environment) -> None:
+    expected = gemini(SCHEMA)
+    scope = {"schema": SCHEMA, "keys": GEMINI_KEYWORDS, "formats": GEMINI_FORMATS}
+    assert search("openapi_schema(schema, keys, formats)", scope) == expected
+    assert render(jinja_env, "schema | openapi_schema(keys, formats)", **scope) == expected
+    with pytest.raises(jp_exceptions.JMESPathTypeError):
+        search("openapi_schema(@, `[1]`, `[]`)", SCHEMA)
+
+
+def claude_code_tools() -> list[dict[str, Any]]:
+    paths = sorted(FIXTURES.glob("*/001.json"))
+    return [t for p in paths for t in orjson.loads(p.read_bytes())["body"].get("tools", [])]
+
+
+REJECTED_BY_GEMINI = re.compile(r'"(\$schema|additionalProperties|propertyNames|exclusiveMinimum|'
+                                r'exclusiveMaximum|const|allOf|oneOf|\$ref|\$defs|examples)"\s*:')
+
+
+def test_openapi_schema_makes_claude_code_tools_valid_gemini_schemas() -> None:
+    from google.genai import types
+
+    tools = claude_code_tools()
+    assert len(tools) > 40
+    for tool in tools:
+        original = copy.deepcopy(tool["input_schema"])
+        converted = gemini(tool["input_schema"])
+        assert tool["input_schema"] == original
+        text = json_encode(converted)
+        assert not REJECTED_BY_GEMINI.search(text), (tool["name"], text)
+        types.Schema.model_validate_json(text)  # the google-genai SDK's own type (extra keys forbidden)
+        declared = set(original.get("properties", {}))
+        assert set(converted.get("properties", {})) == declared, tool["name"]
+
+
+def test_openapi_schema_is_fast_on_claude_code_tools() -> None:
+    tools = claude_code_tools()
+    start = time.perf_counter()
+    for _ in range(10):
+        for tool in tools:
+            gemini(tool["input_schema"])
+    assert (time.perf_counter() - start) / 10 < 0.01
