@@ -137,12 +137,13 @@ def _none(data: Any) -> Any:
 class ResponseDecoder:
     """Per-response state around a `_DecoderSpec`: upstream JSON values in, normalized deltas out."""
 
-    __slots__ = ("_calls", "_errors", "_finish_reasons", "_provider", "_refused", "_spec")
+    __slots__ = ("_calls", "_errors", "_finish_errors", "_finish_reasons", "_provider", "_refused", "_spec")
 
     def __init__(self, spec: _DecoderSpec, finish_reasons: Mapping[str, str],
-                 errors: ErrorMap, provider: str) -> None:
+                 errors: ErrorMap, provider: str, finish_errors: Mapping[str, Selector] | None = None) -> None:
         self._spec = spec
         self._finish_reasons = finish_reasons
+        self._finish_errors = finish_errors or {}
         self._errors = errors
         self._provider = provider
         self._refused = False
@@ -166,12 +167,24 @@ class ResponseDecoder:
             self._decode_part(part, out)
         raw = spec.finish_reason(chunk)
         if raw:
-            reason = "refusal" if self._refused else self._finish_reasons.get(str(raw))
-            out.append(FinishDelta(reason, str(raw)))
+            failure = self._finish_errors.get(str(raw))
+            if failure is not None:
+                out.append(self._finish_error(str(raw), failure(chunk)))
+            else:
+                reason = "refusal" if self._refused else self._finish_reasons.get(str(raw))
+                out.append(FinishDelta(reason, str(raw)))
         usage = self._usage(chunk)
         if usage is not None:
             out.append(usage)
         return out
+
+    def _finish_error(self, raw: str, detail: Any) -> ErrorDelta:
+        """A finish reason the rules list in ``finish_errors``: the answer failed (a malformed tool
+        call, say), so the client gets an error naming it, never a stop_reason that hides it."""
+        message = f"[{self._provider}] upstream stopped with finish reason '{raw}'"
+        if isinstance(detail, str) and detail:
+            message += f": {detail}"
+        return ErrorDelta("api_error", message)
 
     def _decode_part(self, part: Any, out: list[Delta]) -> None:
         spec = self._spec
@@ -329,6 +342,8 @@ class CompiledProvider:
     stream: _DecoderSpec
     finish_reasons: dict[str, str]
     errors: ErrorMap
+    finish_errors: dict[str, Selector] = field(default_factory=dict)
+    """Upstream finish reason → selector of the upstream's explanation; such an answer fails."""
     passthrough: bool = False
     """The provider speaks Anthropic Messages: bodies and answers go through byte for byte."""
     _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -386,7 +401,7 @@ class CompiledProvider:
     def new_decoder(self, *, stream: bool, name: str | None = None) -> ResponseDecoder:
         """A decoder for one answer; `name` is the configured provider's name (messages name it)."""
         return ResponseDecoder(self.stream if stream else self.response, self.finish_reasons, self.errors,
-                               name or self.name)
+                               name or self.name, self.finish_errors)
 
     def map_error(self, status: int, body: bytes, retry_after: str | None = None, *,
                   name: str | None = None) -> UpstreamStatusError:
@@ -448,6 +463,8 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
         url=url, method=str(request.get("method", "POST")).upper(), headers=headers, body=body,
         tool_name=tool_name, response=response, stream=stream,
         finish_reasons={str(k): str(v) for k, v in (data.get("finish_reasons") or {}).items()},
+        finish_errors={str(k): _selector(data["finish_errors"], k, ("finish_errors",), ctx)
+                       for k in data.get("finish_errors") or {}},
         errors=errors, passthrough=passthrough,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)

@@ -34,6 +34,7 @@ from ccproxy_engine._compiler import (
 from ccproxy_engine._errors import DiagnosticCode, RequestError, RuleError, UpstreamStatusError
 from ccproxy_engine._functions import decode_signature, short_name
 from ccproxy_engine._loader import BUILTIN_RULES_DIR, RuleSet, load_rules, require_rules
+from ccproxy_engine._stream import MessageBuilder, StreamMachine
 from ccproxy_engine._types import (
     ErrorDelta,
     FinishDelta,
@@ -779,6 +780,63 @@ def test_decoder_selectors_from_other_rules(tmp_path: Path) -> None:
         ToolCallDelta(key="call1", id=None, name="a", arguments="{}"),
         FinishDelta("end_turn", "STOP"),
     ]
+
+
+FAILING_FINISH = MINIMAL + textwrap.dedent("""\
+    response:
+      parts: candidates[0].content.parts
+      part: {text: text}
+      finish_reason: candidates[0].finishReason
+    finish_reasons: {STOP: end_turn}
+    finish_errors:
+      MALFORMED_FUNCTION_CALL: candidates[0].finishMessage
+      MISSING_THOUGHT_SIGNATURE: "`null`"
+""")
+
+
+def finishing(reason: str, **candidate: Any) -> dict[str, Any]:
+    return {"candidates": [{"finishReason": reason, **candidate}]}
+
+
+def test_finish_errors_turn_a_finish_reason_into_an_error(tmp_path: Path) -> None:
+    providers, diagnostics = compile_rules({"failing": write_rules(tmp_path, "failing", FAILING_FINISH)})
+    assert diagnostics == []
+    decoder = providers["failing"].new_decoder(stream=True, name="configured")
+    chunk = finishing("MALFORMED_FUNCTION_CALL", content={"parts": [{"text": "Let me "}]},
+                      finishMessage="Malformed function call: print(default_api.Read(path=))")
+    assert decoder.decode(chunk) == [
+        TextDelta("Let me "),
+        ErrorDelta("api_error", "[configured] upstream stopped with finish reason 'MALFORMED_FUNCTION_CALL': "
+                                "Malformed function call: print(default_api.Read(path=))"),
+    ]
+    assert decoder.decode(finishing("MISSING_THOUGHT_SIGNATURE")) == [
+        ErrorDelta("api_error", "[configured] upstream stopped with finish reason 'MISSING_THOUGHT_SIGNATURE'")]
+    assert decoder.decode(finishing("STOP")) == [FinishDelta("end_turn", "STOP")]
+    assert decoder.decode(finishing("OTHER")) == [FinishDelta(None, "OTHER")]
+
+
+def test_a_finish_error_fails_the_stream_and_the_whole_message(tmp_path: Path) -> None:
+    provider = compile_rules({"failing": write_rules(tmp_path, "failing", FAILING_FINISH)})[0]["failing"]
+    chunk = finishing("MALFORMED_FUNCTION_CALL", content={"parts": [{"text": "Hi"}]}, finishMessage="bad call")
+    machine = StreamMachine(provider="failing", message_id="msg_1", model=CLIENT_MODEL)
+    events = [event for delta in provider.new_decoder(stream=True).decode(chunk) for event in machine.feed(delta)]
+    assert [name for name, _ in events][-1] == "error"
+    assert events[-1][1]["error"] == {
+        "type": "api_error",
+        "message": "[failing] upstream stopped with finish reason 'MALFORMED_FUNCTION_CALL': bad call"}
+    assert machine.finish() == []
+    builder = MessageBuilder(provider="failing", message_id="msg_1", model=CLIENT_MODEL)
+    with pytest.raises(UpstreamStatusError) as caught:
+        for delta in provider.new_decoder(stream=False).decode(chunk):
+            builder.feed(delta)
+    assert (caught.value.status, caught.value.error_type) == (500, "api_error")
+    assert caught.value.message == "[failing] upstream stopped with finish reason 'MALFORMED_FUNCTION_CALL': bad call"
+
+
+def test_a_bad_finish_error_selector_is_reported_where_it_is(tmp_path: Path) -> None:
+    text = MINIMAL + "finish_errors:\n  BROKEN: \"candidates[0\"\n"
+    _, diagnostics = compile_rules({"broken": write_rules(tmp_path, "broken", text)})
+    assert [(d.line, d.code) for d in diagnostics] == [(5, DiagnosticCode.BAD_SELECTOR)]
 
 
 # --- upstream errors -----------------------------------------------------------------------------
