@@ -164,13 +164,14 @@ def test_every_capability_is_accepted_and_typed(tmp_path: Path) -> None:
     path = write(tmp_path, "caps.yaml", """\
         models:
           "*": {context: 8, max_output: 4, tools: true, vision: false, reasoning: false, sampling: true,
-                max_tools: 128, cache_control: false}
+                max_tools: 128, cache_control: false, json_schema: true}
           "anthropic/*": {cache_control: true}
-          bad: {cache_control: "yes", max_tools: 0}
+          bad: {cache_control: "yes", max_tools: 0, json_schema: 1}
     """)
-    rule_sets, diagnostics = load(path)
+    _, diagnostics = load(path)
     assert sorted(d.message for d in diagnostics) == [
         "models.bad.cache_control: 'yes' is not of type 'boolean'",
+        "models.bad.json_schema: 1 is not of type 'boolean'",
         "models.bad.max_tools: 0 is less than the minimum of 1",
     ]
 
