@@ -6,7 +6,8 @@ checkout) gets a task in print mode, in a scratch directory with a fresh HOME, a
 served as its own process, which routes to a scripted fake upstream. The scripted model first calls
 Write, then answers with text once it sees the tool result. The test asserts what a user would see
 (exit code, the JSON result, the file) and what the provider saw (a valid tool-result turn, the full
-tool list, bodies inside the provider SDK's types).
+tool list, streamed requests only, bodies the provider accepts). Each provider in PROVIDERS runs it:
+OpenAI (bodies inside the `openai` SDK's types) and the Anthropic passthrough (the provider's key).
 
 Run it with `./scripts/install-claude-code && .venv/bin/pytest -m claude_code`; without the CLI it
 skips. `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
@@ -30,6 +31,8 @@ import httpx
 import pytest
 from e2e.test_e2e_cli import cli_command, free_port, stop, wait_healthy
 from fakes import Call, FakeOpenAI, Text, ToolCalls, serve_app
+from fakes.anthropic_upstream import MESSAGES_PATH as ANTHROPIC_MESSAGES_PATH
+from fakes.anthropic_upstream import AnthropicMessage, AnthropicStream, FakeAnthropic
 from fakes.server import ASGIApp, Receive, Scope, Send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +181,72 @@ class OpenAIUpstream:
         assert not refused, f"the fake refused requests: {refused}"
 
 
+def anthropic_turn(body: Mapping[str, Any]) -> Turn:
+    blocks = [
+        (message.get("role"), block) for message in body.get("messages") or []
+        if isinstance(message.get("content"), list) for block in message["content"]
+    ]
+    calls = {b["id"]: (b["name"], b["input"]) for role, b in blocks if role == "assistant" and b["type"] == "tool_use"}
+    results = {b["tool_use_id"]: _text_of(b.get("content"))
+               for role, b in blocks if role == "user" and b["type"] == "tool_result"}
+    tools = [tool["name"] for tool in body.get("tools") or []]
+    return Turn(tools=tools, streamed=body.get("stream") is True, calls=calls, results=results)
+
+
+class AnthropicUpstream:
+    """FakeAnthropic (which answers a script in order), given each reply by the model just before
+    it answers the request the reply is for."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.fake = FakeAnthropic()
+        self.app: ASGIApp = self
+        self._model = model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.fake(scope, receive, send)
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == ANTHROPIC_MESSAGES_PATH:
+            self.fake.queue(self._reply(json.loads(raw)))
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        await self.fake(scope, replay, send)  # no await between queue and the fake's pop
+
+    def _reply(self, body: dict[str, Any]) -> AnthropicMessage | AnthropicStream:
+        answer = self._model.answer(anthropic_turn(body))
+        if isinstance(answer, Say):
+            block: dict[str, Any] = {"type": "text", "text": answer.text}
+            start, delta, stop = {**block, "text": ""}, {"type": "text_delta", "text": answer.text}, "end_turn"
+        else:
+            block = {"type": "tool_use", "id": answer.call_id, "name": "Write", "input": answer.arguments()}
+            start, stop = {**block, "input": {}}, "tool_use"
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(answer.arguments())}
+        if body.get("stream") is True:
+            return AnthropicStream.of(body["model"], [(start, [delta])], stop)
+        return AnthropicMessage([block], stop)
+
+    def turns(self) -> list[Turn]:
+        return [anthropic_turn(request.body) for request in self.fake.requests]
+
+    def assert_valid(self) -> None:
+        wrong = [(r.path, r.headers.get("x-api-key")) for r in self.fake.requests
+                 if r.path != ANTHROPIC_MESSAGES_PATH or r.headers.get("x-api-key") != UPSTREAM_KEY]
+        assert not wrong, f"requests on another path or without the provider's key: {wrong}"
+
+
+#: One row per provider; a new one needs its fake wrapped like the two above (read a Turn from its
+#: wire, answer the model's Say/WriteFile in it), e.g. Provider("gemini", "gemini-2.5-flash", "", GeminiUpstream).
 PROVIDERS = [
     Provider("openai", "gpt-4.1", "/v1", OpenAIUpstream),
+    Provider("anthropic", "claude-sonnet-4-5", "", AnthropicUpstream),
 ]
 
 
@@ -244,6 +311,10 @@ def claude_env(home: Path, base_url: str) -> dict[str, str]:
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
         "DISABLE_BUG_COMMAND": "1",
+        # fail fast: the script is deterministic, so a retry would only hide a failure (and the
+        # CLI's backoff makes a broken proxy cost minutes)
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "API_TIMEOUT_MS": "60000",
     }
 
 
@@ -365,6 +436,26 @@ def test_the_scripted_model_sees_a_tool_result_that_system_messages_follow(tmp_p
     assert model.answer(openai_turn(body)) == Say(DONE_TEXT)
     assert model.answer(openai_turn({**body, "messages": body["messages"][:2]})) == model.write
     assert model.answer(openai_turn({**body, "tools": []})) == Say(SIDE_TEXT)
+
+
+def test_the_scripted_model_reads_the_anthropic_wire_too(tmp_path: Path) -> None:
+    model = ScriptedModel(tmp_path / "hello.txt")
+    write = model.write
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"type": "text", "text": "task"}]},
+        {"role": "system", "content": "environment"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": write.call_id, "name": "Write",
+                                           "input": write.arguments()}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": write.call_id,
+                                      "content": [{"type": "text", "text": "created"}]}]},
+        {"role": "system", "content": "<system-reminder>later</system-reminder>"},
+    ]
+    body = {"stream": True, "tools": [{"name": "Write", "input_schema": {}}], "messages": messages}
+    turn = anthropic_turn(body)
+    assert turn.calls == {write.call_id: ("Write", write.arguments())}
+    assert turn.results == {write.call_id: "created"}
+    assert model.answer(turn) == Say(DONE_TEXT)
+    assert model.answer(anthropic_turn({**body, "messages": messages[:2]})) == write
 
 
 @pytest.mark.e2e
