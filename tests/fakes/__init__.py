@@ -3,9 +3,13 @@
 from tests.fakes import FakeOpenAI, Text, ToolCalls, Call, serve_app
 """
 
+from .dialects import DIALECTS, dialect
 from .openai_upstream import (
+    OPENAI,
     Call,
     Chunks,
+    Dialect,
+    DialectCheck,
     Error,
     FakeOpenAI,
     Reasoning,
@@ -26,8 +30,12 @@ from .openai_upstream import (
 from .server import aserve_app, serve_app
 
 __all__ = [
+    "DIALECTS",
+    "OPENAI",
     "Call",
     "Chunks",
+    "Dialect",
+    "DialectCheck",
     "Error",
     "FakeOpenAI",
     "Reasoning",
@@ -43,6 +51,7 @@ __all__ = [
     "check_sdk_types",
     "chunk",
     "completion_body",
+    "dialect",
     "encode_stream",
     "serve_app",
     "validate_chat_request",

@@ -20,6 +20,10 @@ express (role order, tool-call ids, function-name pattern). `check_sdk_types` wa
 against the `openai` SDK's own request TypedDicts and reports unknown keys (an Anthropic
 `cache_control` left behind) and wrong shapes, path by path. Provider dialects that add keys pass
 them in `allow_extra` as patterns such as `"messages[].reasoning_content"`.
+
+`FakeOpenAI(dialect=...)` makes the fake speak another OpenAI-compatible provider (`Dialect`; the
+shipped ones are in fakes/dialects.py): its extra request keys, the request rules it enforces with
+its own error bodies, its usage fields and its stream quirks.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ from openai.types.chat import completion_create_params
 from .server import Receive, Scope, Send
 
 __all__ = [
+    "OPENAI",
     "Call",
     "Chunks",
+    "Dialect",
+    "DialectCheck",
     "Error",
     "FakeOpenAI",
     "Reasoning",
@@ -115,7 +122,8 @@ class Error:
     """An OpenAI error: sent as the HTTP answer (when scripted) or in-band (as `mid_stream_error`).
 
     `type` defaults by status (`invalid_request_error`, `rate_limit_exceeded`, `server_error`);
-    `retry_after` sets the `retry-after` header in seconds. Note that the `openai` SDK retries 429
+    `retry_after` sets the `retry-after` header in seconds. `body`, when given, is sent as it is
+    instead of the error object (a provider's own error shape). Note that the `openai` SDK retries 429
     and 5xx by itself unless `max_retries=0`; each retry consumes the next scripted reply.
     """
 
@@ -126,8 +134,11 @@ class Error:
     param: str | None = None
     retry_after: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    body: JSONObject | None = None
 
     def to_json(self) -> JSONObject:
+        if self.body is not None:
+            return self.body
         return {
             "error": {
                 "message": self.message,
@@ -363,6 +374,51 @@ class Chunks(Reply):
 Scripted: TypeAlias = Reply | Error
 """What a test can queue or a responder can return."""
 
+DialectCheck: TypeAlias = Callable[[JSONObject], Error | None]
+"""A provider's own request rule: the error it answers for a body that breaks it, else None."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one OpenAI-compatible provider differs from OpenAI on the wire, as far as the fake speaks it.
+
+    - `model`: a model the provider serves (what tests and rule cases ask for by default).
+    - `allow_extra`: request key patterns beyond the openai SDK types that the provider takes.
+    - `checks`: the provider's own request rules, run after OpenAI's; the first failure is answered.
+    - `usage`: how it renders `Usage` (default: OpenAI's `usage`).
+    - `error_body`: how its error bodies look (default: OpenAI's `{"error": {...}}`).
+    - `sse_comments`: an SSE comment line before every stream record (OpenRouter's keep-alives).
+    - `omit_tool_call_index`: streamed tool-call fragments carry no `index` (Ollama).
+    """
+
+    name: str
+    model: str
+    allow_extra: frozenset[str] = frozenset()
+    checks: tuple[DialectCheck, ...] = ()
+    usage: Callable[[Usage], JSONObject] | None = None
+    error_body: Callable[[Error], JSONObject] | None = None
+    sse_comments: bool = False
+    omit_tool_call_index: bool = False
+
+    def usage_json(self, usage: Usage) -> JSONObject:
+        return self.usage(usage) if self.usage is not None else usage.to_json()
+
+    def error_json(self, error: Error) -> JSONObject:
+        if self.error_body is None or error.body is not None:
+            return error.to_json()
+        return self.error_body(error)
+
+    def check(self, body: JSONObject) -> Error | None:
+        for rule in self.checks:
+            error = rule(body)
+            if error is not None:
+                return error
+        return None
+
+
+OPENAI = Dialect("openai", "gpt-4.1")
+"""OpenAI itself: the reference every other dialect differs from."""
+
 
 def _split_text(text: str, parts: int) -> list[str]:
     """`parts` non-empty pieces of nearly equal length (fewer if the text is shorter)."""
@@ -417,7 +473,8 @@ def chunk(
     return body
 
 
-def _stream_chunks(reply: Reply, request: JSONObject) -> tuple[list[JSONObject | str | bytes], int, bool]:
+def _stream_chunks(reply: Reply, request: JSONObject,
+                   dialect: Dialect) -> tuple[list[JSONObject | str | bytes], int, bool]:
     """(records, default cut point for a mid-stream error, whether `[DONE]` follows)."""
     if isinstance(reply, Chunks):
         return list(reply.items), len(reply.items), reply.done
@@ -430,18 +487,27 @@ def _stream_chunks(reply: Reply, request: JSONObject) -> tuple[list[JSONObject |
         "usage": None if include_usage else "absent",
     }
     deltas = reply.stream_deltas()
+    if dialect.omit_tool_call_index:
+        deltas = [_without_call_index(d) for d in deltas]
     records: list[JSONObject | str | bytes] = [chunk(d, **envelope) for d in deltas]
     records.append(chunk({}, reply.reason(), **envelope))
     if include_usage:
-        usage_chunk = chunk(**{**envelope, "usage": reply.usage.to_json()})
+        usage_chunk = chunk(**{**envelope, "usage": dialect.usage_json(reply.usage)})
         usage_chunk["choices"] = []
         records.append(usage_chunk)
     return records, len(deltas), True
 
 
-def encode_stream(reply: Reply, request: JSONObject) -> list[bytes]:
-    """The writes that answer a streaming `request` with `reply`, modifiers applied."""
-    records, error_cut, done = _stream_chunks(reply, request)
+def _without_call_index(delta: JSONObject) -> JSONObject:
+    calls = delta.get("tool_calls")
+    if not calls:
+        return delta
+    return {**delta, "tool_calls": [{k: v for k, v in call.items() if k != "index"} for call in calls]}
+
+
+def encode_stream(reply: Reply, request: JSONObject, dialect: Dialect = OPENAI) -> list[bytes]:
+    """The writes that answer a streaming `request` with `reply` in `dialect`, modifiers applied."""
+    records, error_cut, done = _stream_chunks(reply, request, dialect)
     cut = reply.cut_after
     if reply.mid_stream_error is not None:
         cut = error_cut if cut is None else cut
@@ -455,7 +521,7 @@ def encode_stream(reply: Reply, request: JSONObject) -> list[bytes]:
     separator = b"\r\n\r\n" if reply.crlf else b"\n\n"
     writes: list[bytes] = []
     for record in records:
-        if reply.sse_comments:
+        if reply.sse_comments or dialect.sse_comments:
             writes.append(OPENROUTER_COMMENT + separator)
         writes.append(_encode_record(record, separator, crlf=reply.crlf))
     if reply.split_bytes:
@@ -473,8 +539,8 @@ def _encode_record(record: JSONObject | str | bytes, separator: bytes, *, crlf: 
     return b"data: " + orjson.dumps(record) + separator
 
 
-def completion_body(reply: Reply, request: JSONObject) -> JSONObject:
-    """The `chat.completion` body that answers a non-streaming `request` with `reply`."""
+def completion_body(reply: Reply, request: JSONObject, dialect: Dialect = OPENAI) -> JSONObject:
+    """The `chat.completion` body that answers a non-streaming `request` with `reply` in `dialect`."""
     return {
         "id": _new_id("chatcmpl-", 29),
         "object": "chat.completion",
@@ -483,7 +549,7 @@ def completion_body(reply: Reply, request: JSONObject) -> JSONObject:
         "choices": [
             {"index": 0, "message": reply.message(), "logprobs": None, "finish_reason": reply.reason()}
         ],
-        "usage": reply.usage.to_json(),
+        "usage": dialect.usage_json(reply.usage),
     }
 
 
@@ -883,7 +949,8 @@ class FakeOpenAI:
     `api_key`: when set, other bearer tokens get a 401. `check_sdk_types=False` records type
     problems without rejecting the request (then `assert_valid_with_sdk_types()` checks them).
     `allow_extra`: path patterns exempt from the type check, e.g. `{"thinking",
-    "messages[].reasoning_content"}` for a DeepSeek-style dialect.
+    "messages[].reasoning_content"}` for a DeepSeek-style dialect (a `dialect` adds its own).
+    `dialect`: the provider the fake speaks (`Dialect`; fakes/dialects.py has them all).
     """
 
     script: list[Scripted]
@@ -893,6 +960,7 @@ class FakeOpenAI:
     api_key: str | None
     check_sdk_types: bool
     allow_extra: set[str]
+    dialect: Dialect
     requests: list[ReceivedRequest]
 
     def __init__(
@@ -904,6 +972,7 @@ class FakeOpenAI:
         api_key: str | None = None,
         check_sdk_types: bool = True,
         allow_extra: Collection[str] = (),
+        dialect: Dialect = OPENAI,
     ) -> None:
         self._constructed = (
             list(script),
@@ -914,6 +983,7 @@ class FakeOpenAI:
             check_sdk_types,
             allow_extra,
         )
+        self.dialect = dialect
         self.reset()
 
     def queue(self, *replies: Scripted) -> None:
@@ -926,7 +996,8 @@ class FakeOpenAI:
         script, self.default, self.responder, models, self.api_key, self.check_sdk_types, allow = (
             self._constructed
         )
-        self.script, self.models, self.allow_extra = list(script), list(models), set(allow)
+        self.script, self.models = list(script), list(models)
+        self.allow_extra = set(allow) | self.dialect.allow_extra
         self.requests = []
 
     @property
@@ -953,16 +1024,13 @@ class FakeOpenAI:
         )
         self.requests.append(request)
         if scope["path"] not in (CHAT_PATH, MODELS_PATH):
-            await _send_json(
-                send, request, 404, Error(404, f"Unknown request URL: {scope['path']}").to_json()
-            )
+            await self._send_error(send, request, Error(404, f"Unknown request URL: {scope['path']}"))
         elif not self._is_authorized(request):
-            error = Error(401, "Incorrect API key provided", code="invalid_api_key")
-            await _send_json(send, request, 401, error.to_json())
+            await self._send_error(send, request, Error(401, "Incorrect API key provided", code="invalid_api_key"))
         elif scope["path"] == MODELS_PATH:
             await self._answer_models(send, request)
         elif request.method != "POST":
-            await _send_json(send, request, 405, Error(405, "Method not allowed").to_json())
+            await self._send_error(send, request, Error(405, "Method not allowed"))
         else:
             await self._answer_chat(receive, send, request)
 
@@ -977,8 +1045,7 @@ class FakeOpenAI:
         try:
             request.body = orjson.loads(request.raw)
         except orjson.JSONDecodeError:
-            error = Error(400, "We could not parse the JSON body of your request.")
-            await _send_json(send, request, 400, error.to_json())
+            await self._send_error(send, request, Error(400, "We could not parse the JSON body of your request."))
             return
         request.problems = validate_chat_request(request.body)
         if isinstance(request.body, dict):
@@ -989,19 +1056,29 @@ class FakeOpenAI:
             rejected = [str(problem) for problem in request.type_problems]
         if rejected:
             error = Error(400, "Invalid request: " + "; ".join(rejected), param=rejected[0].split(":")[0])
-            await _send_json(send, request, 400, error.to_json())
+            await self._send_error(send, request, error)
+            return
+        refused = self.dialect.check(request.body)
+        if refused is not None:
+            request.problems.append(f"{self.dialect.name}: {refused.message}")
+            await self._send_error(send, request, refused)
             return
         reply = self._next_reply(request.body)
         if isinstance(reply, Error):
-            await _send_error(send, request, reply)
+            await self._send_error(send, request, reply)
         elif request.body.get("stream") is True:
-            await _send_stream(receive, send, request, reply)
+            await _send_stream(receive, send, request, reply, self.dialect)
         elif isinstance(reply, Chunks):
-            error = Error(500, "FakeOpenAI: a Chunks reply needs a streaming request")
-            await _send_json(send, request, 500, error.to_json())
+            await self._send_error(send, request, Error(500, "FakeOpenAI: a Chunks reply needs a streaming request"))
         else:
             await asyncio.sleep(reply.first_byte_delay)
-            await _send_json(send, request, 200, completion_body(reply, request.body))
+            await _send_json(send, request, 200, completion_body(reply, request.body, self.dialect))
+
+    async def _send_error(self, send: Send, request: ReceivedRequest, error: Error) -> None:
+        headers = dict(error.headers)
+        if error.retry_after is not None:
+            headers["retry-after"] = f"{error.retry_after:g}"
+        await _send_json(send, request, error.status, self.dialect.error_json(error), headers.items())
 
     def _next_reply(self, body: JSONObject) -> Scripted:
         if self.script:
@@ -1046,15 +1123,9 @@ async def _send_json(
     await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
 
-async def _send_error(send: Send, request: ReceivedRequest, error: Error) -> None:
-    headers = dict(error.headers)
-    if error.retry_after is not None:
-        headers["retry-after"] = f"{error.retry_after:g}"
-    await _send_json(send, request, error.status, error.to_json(), headers.items())
-
-
-async def _send_stream(receive: Receive, send: Send, request: ReceivedRequest, reply: Reply) -> None:
-    writes = encode_stream(reply, request.body)
+async def _send_stream(receive: Receive, send: Send, request: ReceivedRequest, reply: Reply,
+                       dialect: Dialect) -> None:
+    writes = encode_stream(reply, request.body, dialect)
     await asyncio.sleep(reply.first_byte_delay)
     request.status = 200
     headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]

@@ -4,7 +4,7 @@ A case file is a list of cases. Each case names an Anthropic request, what the r
 upstream, an upstream reply, and what the client must get back::
 
     - name: plain-text                 # unique in its file; the test id is "<provider>/<file>:<name>"
-      model: gpt-4.1                   # the upstream model (default gpt-4.1)
+      model: gpt-4.1                   # the upstream model (default: the provider dialect's model)
       stream: false                    # default: the request's own "stream"; written into the request
       request:                         # an Anthropic body (model and max_tokens default), or
         messages: [{role: user, content: Hi}]
@@ -19,10 +19,15 @@ Matching: a mapping matches when every key it gives matches (``$absent`` asserts
 a list matches when it has the same length and each item matches; anything else must be equal.
 A stream's answer is its event list, each event written as ``{event: <name>, ...data}``.
 
+The provider is the case file's directory (tests/rules/deepseek/*.yaml run rules/deepseek.yaml). Its
+`Dialect` (tests/fakes/dialects.py) gives the default upstream model and the request keys the
+provider takes beyond the openai SDK's request types; every other key must fit those types. The
+provider's settings are what a config naming only the provider would give: the rule's default
+headers, and an API key unless the rule's defaults name none (a keyless local server).
+
 Every case is also pinned whole by syrupy: the upstream request (URL, headers with the key masked,
 body) and the answer (message, event list or error), so any behaviour change shows as a snapshot
-diff. Ids are deterministic (`deterministic_ids`). Every upstream body must also fit the openai
-SDK's request types. A broken case fails as ``name [file:line]: reason``.
+diff. Ids are deterministic (`deterministic_ids`). A broken case fails as ``name [file:line]: reason``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from unittest import mock
 import jsonschema
 import orjson
 import pytest
-from fakes import check_sdk_types
+from fakes import check_sdk_types, dialect
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -55,7 +60,6 @@ CASES_DIR = Path(__file__).resolve().parent
 REPO_DIR = CASES_DIR.parents[1]
 FIXTURES_DIR = REPO_DIR / "tests" / "fixtures"
 
-DEFAULT_MODEL = "gpt-4.1"
 DEFAULT_CLIENT_MODEL = "claude-sonnet-4-5"
 DEFAULT_MAX_TOKENS = 1024
 API_KEY = "sk-test"
@@ -159,7 +163,7 @@ def case_problems(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
         yield (key,), f"unknown key {key!r} (known: {', '.join(sorted(CASE_KEYS))})"
     if not isinstance(data.get("name"), str):
         yield ("name",), "'name' is required"
-    if not isinstance(data.get("model", DEFAULT_MODEL), str):
+    if not isinstance(data.get("model", ""), str):
         yield ("model",), "'model' is an upstream model name"
     if not isinstance(data.get("stream", False), bool):
         yield ("stream",), "'stream' is true or false"
@@ -270,9 +274,12 @@ def fixture_body(name: str) -> dict[str, Any]:
     return body
 
 
-def provider_scope(provider: str) -> dict[str, Any]:
-    return {"name": provider, "base_url": f"https://api.{provider}.test/v1", "api_key": API_KEY,
-            "headers": {}}
+def provider_scope(provider: CompiledProvider) -> dict[str, Any]:
+    """What the app's templates see for a provider configured with a base URL and (unless the rules
+    name no key) an API key; ${VAR:-default} in the rule's defaults take their defaults."""
+    return {"name": provider.name, "base_url": f"https://api.{provider.name}.test/v1",
+            "api_key": API_KEY if "api_key" in provider.defaults else None,
+            "headers": provider.default("headers", {}) or {}}
 
 
 def request_body(case: Case) -> dict[str, Any]:
@@ -337,7 +344,7 @@ class Outcome:
 def run_case(case: Case) -> Outcome:
     data = case.data
     provider = compiled_providers()[case.provider]
-    model = data.get("model", DEFAULT_MODEL)
+    model = data.get("model", dialect(case.provider).model)
     body = request_body(case)
     outcome = Outcome()
     schema_error = jsonschema.exceptions.best_match(anthropic_request_schema().iter_errors(body))
@@ -347,15 +354,16 @@ def run_case(case: Case) -> Outcome:
                                                           f"{schema_error.message}"))
         return outcome
     try:
-        prepared = provider.build_request(body, model=model, provider=provider_scope(case.provider),
+        prepared = provider.build_request(body, model=model, provider=provider_scope(provider),
                                           stream=bool(body.get("stream")))
     except EngineError as exc:
         outcome.error = error_view(exc)
         return outcome
     outcome.upstream = {"url": mask(prepared.url), "headers": {k: mask(v) for k, v in prepared.headers.items()},
                         "body": prepared.body}
+    extra = dialect(case.provider).allow_extra
     outcome.problems += [case.report(("request",), f"upstream body leaves the openai SDK types: {problem}")
-                         for problem in check_sdk_types(prepared.body)]
+                         for problem in check_sdk_types(prepared.body) if problem.pattern not in extra]
     reply = data.get("upstream_reply")
     if reply is None:
         return outcome
