@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO; our own log says what matters
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     code: int = args.handler(args)
     return code
 

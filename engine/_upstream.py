@@ -167,7 +167,9 @@ class UpstreamClient:
             if self._ssl_context is None:  # loading the CA store takes milliseconds: once for all pools
                 self._ssl_context = httpx.create_ssl_context()
             transport = AiohttpTransport(verify=self._ssl_context, limits=POOL_LIMITS)
-        return httpx.AsyncClient(transport=transport, headers={"user-agent": USER_AGENT},
+        # every provider body is JSON; a rule may still set its own content-type
+        default_headers = {"user-agent": USER_AGENT, "content-type": "application/json"}
+        return httpx.AsyncClient(transport=transport, headers=default_headers,
                                  timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
 
     def _httpx_timeout(self, timeouts: Timeouts) -> httpx.Timeout:

@@ -67,6 +67,7 @@ async def test_request_goes_out_as_given_and_streams_ask_for_identity_encoding()
         "POST", "https://api.example.com/v1/chat/completions", b"{}")
     assert streamed.headers["authorization"] == "Bearer k"
     assert streamed.headers["user-agent"] == "ccproxy-engine"
+    assert streamed.headers["content-type"] == "application/json"  # FastAPI-based servers need it
     assert streamed.headers["accept-encoding"] == "identity"
     assert "gzip" in whole.headers["accept-encoding"]
 
