@@ -549,7 +549,7 @@ def test_metadata_user_id_becomes_user(openai: CompiledProvider) -> None:
 # --- capabilities --------------------------------------------------------------------------------
 
 BASE_CAPS = {"context": 128000, "max_output": 16384, "tools": True, "vision": True, "reasoning": False,
-             "sampling": True}
+             "sampling": True, "max_tools": 128}
 
 
 @pytest.mark.parametrize(
