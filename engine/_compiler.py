@@ -362,8 +362,14 @@ class CompiledProvider:
         return caps
 
     def default(self, key: str, env: Mapping[str, str] | None = None) -> Any:
-        """A value from the rule's ``defaults:`` with ``${VAR}`` expanded."""
-        return expand_env(self.defaults.get(key), os.environ if env is None else env)
+        """A value from the rule's ``defaults:`` with ``${VAR}`` expanded; in a mapping (``headers``)
+        each value is expanded, and an entry whose variable is unset without a default is left out."""
+        env = os.environ if env is None else env
+        value = self.defaults.get(key)
+        if isinstance(value, dict):
+            expanded = {name: expand_env(item, env) for name, item in value.items()}
+            return {name: item for name, item in expanded.items() if item is not None}
+        return expand_env(value, env)
 
     def build_request(self, body: JSONObject, *, model: str, provider: Mapping[str, Any],
                       stream: bool, client_headers: Mapping[str, str] | None = None) -> PreparedRequest:

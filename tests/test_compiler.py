@@ -633,6 +633,20 @@ def test_defaults_expand_the_environment(openai: CompiledProvider) -> None:
     assert openai.default("headers", {}) is None
 
 
+def test_default_headers_expand_the_environment_value_by_value(tmp_path: Path) -> None:
+    rule_set = write_rules(tmp_path, "attributed", MINIMAL + """\
+        defaults:
+          headers:
+            HTTP-Referer: ${REFERER:-https://example.com}
+            X-Title: ${TITLE}
+            X-Static: fixed
+    """.replace("        ", ""))
+    provider = compile_rules({"attributed": rule_set})[0]["attributed"]
+    assert provider.default("headers", {"TITLE": "mine"}) == {
+        "HTTP-Referer": "https://example.com", "X-Title": "mine", "X-Static": "fixed"}
+    assert provider.default("headers", {}) == {"HTTP-Referer": "https://example.com", "X-Static": "fixed"}
+
+
 def test_signer_wraps_signatures_for_this_provider(openai: CompiledProvider) -> None:
     sign = openai.signer("o3")
     assert decode_signature(sign("opaque"), "openai") == "opaque"
