@@ -21,7 +21,9 @@ A stream's answer is its event list, each event written as ``{event: <name>, ...
 
 The provider is the case file's directory (tests/rules/deepseek/*.yaml run rules/deepseek.yaml). Its
 `Dialect` (tests/fakes/dialects.py) gives the default upstream model and the request keys the
-provider takes beyond the openai SDK's request types; every other key must fit those types. The
+provider takes beyond the openai SDK's request types; every other key must fit those types. A
+provider with a wire format of its own is in `NATIVE_UPSTREAMS` instead, with its default model and
+its fake's request checks (Gemini: the google-genai SDK types and the protocol rules). The
 provider's settings are what a config naming only the provider would give: the rule's default
 headers, and an API key unless the rule's defaults name none (a keyless local server).
 
@@ -33,7 +35,7 @@ diff. Ids are deterministic (`deterministic_ids`). A broken case fails as ``name
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ import jsonschema
 import orjson
 import pytest
 from fakes import check_sdk_types, dialect
+from fakes import gemini_upstream as gemini
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -274,6 +277,34 @@ def fixture_body(name: str) -> dict[str, Any]:
     return body
 
 
+def gemini_problems(url: str, body: dict[str, Any]) -> list[str]:
+    """What the fake Gemini would refuse in a request (signatures are checked for presence only:
+    the cases make their own up)."""
+    model = url.rsplit("/models/", 1)[-1].split(":", 1)[0]
+    return gemini.check_sdk_types(body) + gemini.validate_request(body, model)
+
+
+NATIVE_UPSTREAMS: dict[str, tuple[str, Callable[[str, dict[str, Any]], list[str]]]] = {
+    "gemini": ("gemini-2.5-pro", gemini_problems),
+}
+"""Providers that do not speak OpenAI's wire format: default upstream model, request checks (url, body)."""
+
+
+def default_model(provider: str) -> str:
+    native = NATIVE_UPSTREAMS.get(provider)
+    return native[0] if native else dialect(provider).model
+
+
+def upstream_problems(provider: str, url: str, body: dict[str, Any]) -> list[str]:
+    """Why the provider's fake upstream would refuse this request body (empty when it takes it)."""
+    native = NATIVE_UPSTREAMS.get(provider)
+    if native:
+        return [f"fails the fake {provider} upstream's checks: {problem}" for problem in native[1](url, body)]
+    extra = dialect(provider).allow_extra
+    return [f"leaves the openai SDK types: {problem}"
+            for problem in check_sdk_types(body) if problem.pattern not in extra]
+
+
 def provider_scope(provider: CompiledProvider) -> dict[str, Any]:
     """What the app's templates see for a provider configured with a base URL and (unless the rules
     name no key) an API key; ${VAR:-default} in the rule's defaults take their defaults."""
@@ -344,7 +375,7 @@ class Outcome:
 def run_case(case: Case) -> Outcome:
     data = case.data
     provider = compiled_providers()[case.provider]
-    model = data.get("model", dialect(case.provider).model)
+    model = data.get("model", default_model(case.provider))
     body = request_body(case)
     outcome = Outcome()
     schema_error = jsonschema.exceptions.best_match(anthropic_request_schema().iter_errors(body))
@@ -361,9 +392,8 @@ def run_case(case: Case) -> Outcome:
         return outcome
     outcome.upstream = {"url": mask(prepared.url), "headers": {k: mask(v) for k, v in prepared.headers.items()},
                         "body": prepared.body}
-    extra = dialect(case.provider).allow_extra
-    outcome.problems += [case.report(("request",), f"upstream body leaves the openai SDK types: {problem}")
-                         for problem in check_sdk_types(prepared.body) if problem.pattern not in extra]
+    outcome.problems += [case.report(("request",), f"upstream body {problem}")
+                         for problem in upstream_problems(case.provider, prepared.url, prepared.body)]
     reply = data.get("upstream_reply")
     if reply is None:
         return outcome
