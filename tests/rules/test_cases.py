@@ -474,4 +474,6 @@ def test_rule_case(case: Case, snapshot: SnapshotAssertion) -> None:
 def test_case_names_are_unique_and_every_provider_has_cases() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
-    assert {case.provider for case in CASES} >= set(compiled_providers())
+    # a passthrough provider builds no body and reads no answer: tests/e2e/test_e2e_anthropic.py covers it
+    translating = {name for name, provider in compiled_providers().items() if not provider.passthrough}
+    assert {case.provider for case in CASES} >= translating
