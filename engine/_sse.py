@@ -39,12 +39,17 @@ class SSEDecoder:
     `id:`/`retry:` fields are dropped; a record with no `data:` line is not dispatched (as the
     spec says). Call `flush()` at EOF to also get a last record that lacks its blank line.
 
+    One departure from the spec, for upstreams that report a failure mid-stream as a bare JSON
+    body (Gemini sends ``{"error": ...}`` without ``data:``, often over several lines): a line that
+    starts with ``{`` begins such a body, and it and the lines after it up to a blank line (or EOF)
+    come out as one record, so the error reaches the client instead of being dropped.
+
     >>> d = SSEDecoder()
     >>> d.feed(b'data: {"a":1}\\n') + d.feed(b"\\n")
     [SSERecord(event=None, data='{"a":1}')]
     """
 
-    __slots__ = ("_at_start", "_data", "_event", "_pending", "_skip_lf")
+    __slots__ = ("_at_start", "_bare", "_data", "_event", "_pending", "_skip_lf")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -54,6 +59,8 @@ class SSEDecoder:
         self._at_start = True
         self._event: str | None = None
         self._data: list[str] = []
+        self._bare: list[str] = []
+        """Lines of a bare JSON body (not SSE fields) being collected."""
 
     def feed(self, chunk: bytes) -> list[SSERecord]:
         """Parse one read; returns the records completed by it, in order."""
@@ -95,6 +102,8 @@ class SSEDecoder:
         for line in text.split("\n"):
             if not line:
                 self._dispatch(records)
+            elif self._bare or line[0] == "{":
+                self._bare.append(line)
             elif line[0] != ":":
                 name, _, value = line.partition(":")
                 if value[:1] == " ":
@@ -110,6 +119,9 @@ class SSEDecoder:
         if data:
             records.append(SSERecord(self._event, data[0] if len(data) == 1 else "\n".join(data)))
             self._data = []
+        if self._bare:
+            records.append(SSERecord(None, "\n".join(self._bare)))
+            self._bare = []
         self._event = None
 
 

@@ -252,3 +252,15 @@ def test_encoded_events_read_back_with_the_anthropic_sdk_decoder() -> None:
 
     decoded = list(SDKDecoder().iter_bytes(iter(one_byte_at_a_time(data))))
     assert [(sse.event, sse.json()) for sse in decoded] == events
+
+
+def test_a_bare_json_error_body_mid_stream_comes_out_as_one_record() -> None:
+    stream = (b'data: {"candidates": []}\n\n'
+              b'{\n  "error": {\n    "code": 500,\n    "message": "Internal error"\n  }\n}\n')
+    decoder = SSEDecoder()
+    records = decoder.feed(stream) + decoder.flush()
+    assert [r.data for r in records] == ['{"candidates": []}',
+                                         '{\n  "error": {\n    "code": 500,\n    "message": "Internal error"\n  }\n}']
+    one_line = SSEDecoder()
+    records = one_line.feed(b'{"error": {"code": 429}}\n\ndata: x\n\n')
+    assert [r.data for r in records] == ['{"error": {"code": 429}}', "x"]
