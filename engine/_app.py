@@ -53,8 +53,9 @@ logger = logging.getLogger("ccproxy_engine")
 
 #: Send a ping when the upstream has been silent this long (long hidden reasoning).
 KEEPALIVE_SECONDS = 15.0
-#: Bodies above this size are counted off the event loop.
-INLINE_COUNT_BYTES = 16_384
+#: Requests with tools or at least this many messages are counted off the event loop (a first count
+#: of a long conversation takes milliseconds; later turns hit the counter's cache).
+INLINE_COUNT_MESSAGES = 4
 
 
 class RequestValidator:
@@ -342,7 +343,7 @@ async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes |
 
 async def _count(tokens: TokenCounter, body: Mapping[str, Any]) -> int:
     """Token count of a request; large bodies are counted in a thread so the loop stays free."""
-    if len(body.get("messages") or ()) < 4 and not body.get("tools"):
+    if len(body.get("messages") or ()) < INLINE_COUNT_MESSAGES and not body.get("tools"):
         return tokens.count_request(body)
     return await asyncio.to_thread(tokens.count_request, body)
 
