@@ -7,7 +7,8 @@ served as its own process, which routes to a scripted fake upstream. The scripte
 Write, then answers with text once it sees the tool result. The test asserts what a user would see
 (exit code, the JSON result, the file) and what the provider saw (a valid tool-result turn, the full
 tool list, streamed requests only, bodies the provider accepts). Each provider in PROVIDERS runs it:
-OpenAI (bodies inside the `openai` SDK's types) and the Anthropic passthrough (the provider's key).
+OpenAI (bodies inside the `openai` SDK's types), the Anthropic passthrough (the provider's key) and
+Gemini (bodies inside the google-genai SDK's types and Gemini's turn and signature rules).
 
 Run it with `./scripts/install-claude-code && .venv/bin/pytest -m claude_code`; without the CLI it
 skips. `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
@@ -33,6 +34,10 @@ from e2e.test_e2e_cli import cli_command, free_port, stop, wait_healthy
 from fakes import Call, FakeOpenAI, Text, ToolCalls, serve_app
 from fakes.anthropic_upstream import MESSAGES_PATH as ANTHROPIC_MESSAGES_PATH
 from fakes.anthropic_upstream import AnthropicMessage, AnthropicStream, FakeAnthropic
+from fakes.gemini_upstream import Call as GeminiCall
+from fakes.gemini_upstream import Calls as GeminiCalls
+from fakes.gemini_upstream import FakeGemini
+from fakes.gemini_upstream import Text as GeminiText
 from fakes.server import ASGIApp, Receive, Scope, Send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,11 +247,66 @@ class AnthropicUpstream:
         assert not wrong, f"requests on another path or without the provider's key: {wrong}"
 
 
-#: One row per provider; a new one needs its fake wrapped like the two above (read a Turn from its
-#: wire, answer the model's Say/WriteFile in it), e.g. Provider("gemini", "gemini-2.5-flash", "", GeminiUpstream).
+def gemini_turn(body: Mapping[str, Any], *, streamed: bool) -> Turn:
+    """Gemini says whether it streams in the path (streamGenerateContent), not in the body. Calls and
+    responses are keyed by the `id` Gemini issued and the proxy sends back on both; the responses may
+    sit in any user content, with other parts or contents after them."""
+    parts = [(content.get("role"), part) for content in body.get("contents") or []
+             for part in content.get("parts") or [] if isinstance(part, dict)]
+    calls = {p["functionCall"].get("id"): (p["functionCall"]["name"], p["functionCall"].get("args") or {})
+             for role, p in parts if role == "model" and "functionCall" in p}
+    results = {p["functionResponse"].get("id"): _response_text(p["functionResponse"].get("response"))
+               for role, p in parts if role == "user" and "functionResponse" in p}
+    tools = [declaration["name"] for tool in body.get("tools") or []
+             for declaration in tool.get("functionDeclarations") or []]
+    return Turn(tools=tools, streamed=streamed, calls=calls, results=results)
+
+
+def _response_text(response: Any) -> str:
+    """The rules put a tool result's text in {"output": ...}, an error's in {"error": ...}."""
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("output", response.get("error", "")))
+
+
+class GeminiUpstream:
+    """FakeGemini (a body outside the google-genai SDK's types or Gemini's protocol rules gets a 400)
+    answering through its responder. The Write call carries an id, as Gemini 3 issues them, and a
+    fresh thoughtSignature, which the fake accepts back only if it issued it."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.fake = FakeGemini(api_key=UPSTREAM_KEY, responder=self._respond)
+        self.app: ASGIApp = self.fake
+        self._model = model
+
+    def _respond(self, body: dict[str, Any]) -> GeminiText | GeminiCalls:
+        # the responder sees only the body; the fake records the request (path included) before it asks
+        answer = self._model.answer(gemini_turn(body, streamed=self.fake.last.stream))
+        if isinstance(answer, Say):
+            return GeminiText(answer.text)
+        return GeminiCalls([GeminiCall("Write", answer.arguments(), id=answer.call_id)])
+
+    def turns(self) -> list[Turn]:
+        return [gemini_turn(request.body, streamed=request.stream) for request in self.fake.requests
+                if isinstance(request.body, dict)]
+
+    def assert_valid(self) -> None:
+        self.fake.assert_all_accepted()
+        refused = [(r.path, r.status, r.problems) for r in self.fake.requests if r.status != 200]
+        assert not refused, f"the fake refused requests: {refused}"
+        # gemini-2.5 does not insist on signatures (gemini-3 does): check the round trip through the CLI
+        bodies = [request.body for request in self.fake.requests if isinstance(request.body, dict)]
+        unsigned = [part for body in bodies for content in body["contents"] for part in content["parts"]
+                    if "functionCall" in part and part.get("thoughtSignature") not in self.fake.issued_signatures]
+        assert not unsigned, f"function calls sent back without the signature the fake issued: {unsigned}"
+
+
+#: One row per provider; a new one needs its fake wrapped like the ones above (read a Turn from its
+#: wire, answer the model's Say/WriteFile in it).
 PROVIDERS = [
     Provider("openai", "gpt-4.1", "/v1", OpenAIUpstream),
     Provider("anthropic", "claude-sonnet-4-5", "", AnthropicUpstream),
+    Provider("gemini", "gemini-2.5-flash", "/v1beta", GeminiUpstream),
 ]
 
 
@@ -456,6 +516,34 @@ def test_the_scripted_model_reads_the_anthropic_wire_too(tmp_path: Path) -> None
     assert turn.results == {write.call_id: "created"}
     assert model.answer(turn) == Say(DONE_TEXT)
     assert model.answer(anthropic_turn({**body, "messages": messages[:2]})) == write
+
+
+def test_the_scripted_model_finds_a_gemini_function_response_that_other_content_follows(tmp_path: Path) -> None:
+    """On Gemini the tool result is a functionResponse part; the CLI's reminders come after it as text
+    parts of the same content or as later user contents, so the last content alone is not enough."""
+    model = ScriptedModel(tmp_path / "hello.txt")
+    write = model.write
+    call = GeminiCall("Write", write.arguments(), id=write.call_id).to_json()
+    response = {"id": write.call_id, "name": "Write", "response": {"output": "created"}}
+    contents: list[dict[str, Any]] = [
+        {"role": "user", "parts": [{"text": "task"}]},
+        {"role": "model", "parts": [{"functionCall": call, "thoughtSignature": "c2ln"}]},
+        {"role": "user", "parts": [{"functionResponse": response},
+                                   {"text": "<system-reminder>later</system-reminder>"}]},
+        {"role": "model", "parts": [{"text": "Noted."}]},
+        {"role": "user", "parts": [{"text": "<system-reminder>even later</system-reminder>"}]},
+    ]
+    body = {"tools": [{"functionDeclarations": [{"name": name} for name in ("Bash", "Write")]}], "contents": contents}
+    turn = gemini_turn(body, streamed=True)
+    assert turn.calls == {write.call_id: ("Write", write.arguments())}
+    assert turn.results == {write.call_id: "created"}
+    assert model.answer(turn) == Say(DONE_TEXT)
+    assert model.answer(gemini_turn({**body, "contents": contents[:1]}, streamed=True)) == write
+    assert model.answer(gemini_turn({**body, "tools": []}, streamed=True)) == Say(SIDE_TEXT)
+    error = {**response, "response": {"error": "denied"}}
+    refused = {"role": "user", "parts": [{"functionResponse": error}]}
+    failed = gemini_turn({**body, "contents": [*contents[:2], refused]}, streamed=False)
+    assert (failed.results, failed.streamed) == ({write.call_id: "denied"}, False)
 
 
 @pytest.mark.e2e
