@@ -90,7 +90,9 @@ XAI_REASONING_REJECTS = ("reasoning_effort", "stop", "presence_penalty", "freque
 
 
 def _xai_reasoning_arguments(body: JSONObject) -> Error | None:
-    if not str(body.get("model")).startswith("grok-4"):
+    """Grok 4's reasoning models refuse these; its -non-reasoning variants take them."""
+    model = str(body.get("model"))
+    if not model.startswith("grok-4") or model.endswith("-non-reasoning"):
         return None
     for key in XAI_REASONING_REJECTS:
         if key in body:

@@ -20,8 +20,10 @@ a list matches when it has the same length and each item matches; anything else 
 A stream's answer is its event list, each event written as ``{event: <name>, ...data}``.
 
 The provider is the case file's directory (tests/rules/deepseek/*.yaml run rules/deepseek.yaml). Its
-`Dialect` (tests/fakes/dialects.py) gives the default upstream model and the request keys the
-provider takes beyond the openai SDK's request types; every other key must fit those types. A
+`Dialect` (tests/fakes/dialects.py) gives the default upstream model, the request keys the
+provider takes beyond the openai SDK's request types (every other key must fit those types) and the
+provider's own request rules, which every upstream body must keep (Mistral's 9-character tool-call
+ids, DeepSeek's reasoning_content on tool-call turns, ...). A
 provider with a wire format of its own is in `NATIVE_UPSTREAMS` instead, with its default model and
 its fake's request checks (Gemini: the google-genai SDK types and the protocol rules). The
 provider's settings are what a config naming only the provider would give: the rule's default
@@ -300,9 +302,13 @@ def upstream_problems(provider: str, url: str, body: dict[str, Any]) -> list[str
     native = NATIVE_UPSTREAMS.get(provider)
     if native:
         return [f"fails the fake {provider} upstream's checks: {problem}" for problem in native[1](url, body)]
-    extra = dialect(provider).allow_extra
-    return [f"leaves the openai SDK types: {problem}"
-            for problem in check_sdk_types(body) if problem.pattern not in extra]
+    speaks = dialect(provider)
+    found = [f"leaves the openai SDK types: {problem}"
+             for problem in check_sdk_types(body) if problem.pattern not in speaks.allow_extra]
+    refused = speaks.check(body)
+    if refused is not None:
+        found.append(f"breaks a rule of {provider}'s own (its fake answers {refused.status}): {refused.message}")
+    return found
 
 
 def provider_scope(provider: CompiledProvider) -> dict[str, Any]:
