@@ -11,12 +11,12 @@ tests compare them with what the client received), `AnthropicError` answers an e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from .asgi import read_body, start_response
 from .server import Receive, Scope, Send
 
 MESSAGES_PATH = "/v1/messages"
@@ -141,7 +141,7 @@ class FakeAnthropic:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        raw = await _read(receive)
+        raw = await read_body(receive)
         received = Received(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, raw)
         self.requests.append(received)
         reply: Reply
@@ -153,17 +153,17 @@ class FakeAnthropic:
             reply = self.script.pop(0)
         if isinstance(reply, AnthropicError):
             received.sent = reply.body()
-            await _start(send, reply.status, "application/json", reply.headers.items())
+            await start_response(send, reply.status, "application/json", reply.headers.items())
             await send({"type": "http.response.body", "body": received.sent})
         elif isinstance(reply, AnthropicMessage):
             received.sent = reply.body(orjson.loads(raw).get("model", "?"))
-            await _start(send, 200, "application/json")
+            await start_response(send, 200, "application/json")
             await send({"type": "http.response.body", "body": received.sent})
         else:
             await self._stream(reply, received, send)
 
     async def _stream(self, reply: AnthropicStream, received: Received, send: Send) -> None:
-        await _start(send, 200, "text/event-stream; charset=utf-8")
+        await start_response(send, 200, "text/event-stream; charset=utf-8")
         records = reply.records if reply.cut_after is None else reply.records[:reply.cut_after]
         for record in records:
             received.sent += record
@@ -173,17 +173,3 @@ class FakeAnthropic:
         if reply.cut_after is not None:
             raise ConnectionResetError("scripted cut")  # the server drops the connection mid-stream
         await send({"type": "http.response.body", "body": b""})
-
-
-async def _read(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _start(send: Send, status: int, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-    raw = [(b"content-type", content_type.encode())] + [(k.lower().encode(), v.encode()) for k, v in headers]
-    await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -41,7 +41,7 @@ import os
 import random
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 from urllib.parse import parse_qs
@@ -50,6 +50,7 @@ import orjson
 import pydantic
 from google.genai import types
 
+from .asgi import is_http_request, read_body, send_json, send_stream
 from .server import Receive, Scope, Send
 
 __all__ = [
@@ -78,6 +79,8 @@ JSONObject: TypeAlias = dict[str, Any]
 API_PREFIX = "/v1beta"
 CALL_PATH = re.compile(r"^/v1beta/models/(?P<model>[A-Za-z0-9._-]+):(?P<method>generateContent|streamGenerateContent)$")
 MODELS_PATH = "/v1beta/models"
+JSON_TYPE = "application/json; charset=UTF-8"
+SSE_TYPE = "text/event-stream"
 DEFAULT_MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-pro-preview")
 FUNCTION_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
@@ -765,16 +768,13 @@ class FakeGemini:
         assert not refused, "FakeGemini refused requests:\n" + "\n".join(refused)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await is_http_request(scope, receive, send):
             return
         request = GeminiRequest(
             method=scope["method"], path=scope["path"],
             query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-            raw=await _read_body(receive),
+            raw=await read_body(receive),
         )
         self.requests.append(request)
         match = CALL_PATH.match(request.path)
@@ -805,7 +805,7 @@ class FakeGemini:
     async def _answer_models(self, send: Send, request: GeminiRequest) -> None:
         models = [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": ["generateContent"]}
                   for m in self.models]
-        await _send_json(send, request, 200, {"models": models})
+        await send_json(send, request, 200, {"models": models}, content_type=JSON_TYPE)
 
     async def _answer_call(self, receive: Receive, send: Send, request: GeminiRequest) -> None:
         assert request.model is not None
@@ -840,7 +840,8 @@ class FakeGemini:
             await _send_error(send, request, Error(500, "FakeGemini: a Chunks reply needs a streaming request"))
         else:
             await asyncio.sleep(reply.first_byte_delay)
-            await _send_json(send, request, 200, response_body(reply, request.body, request.model))
+            body = response_body(reply, request.body, request.model)
+            await send_json(send, request, 200, body, content_type=JSON_TYPE)
 
     def _remember_signatures(self, reply: Reply | None) -> None:
         while reply is not None:
@@ -859,68 +860,14 @@ class FakeGemini:
         return Error(500, "FakeGemini: no scripted reply left (queue one, or set default or responder)")
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _send_json(send: Send, request: GeminiRequest, status: int, body: JSONObject,
-                     headers: Iterable[tuple[str, str]] = ()) -> None:
-    request.status = status
-    raw_headers = [(b"content-type", b"application/json; charset=UTF-8")]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
-
-
 async def _send_error(send: Send, request: GeminiRequest, error: Error) -> None:
     headers = [("retry-after", f"{error.retry_after:g}")] if error.retry_after is not None else []
-    await _send_json(send, request, error.status, error.to_json(), headers)
+    await send_json(send, request, error.status, error.to_json(), content_type=JSON_TYPE, headers=headers)
 
 
 async def _send_stream(receive: Receive, send: Send, request: GeminiRequest, reply: Reply) -> None:
     assert request.model is not None
-    writes = encode_stream(reply, request.body, request.model)
-    await asyncio.sleep(reply.first_byte_delay)
-    request.status = 200
-    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    with _watch_disconnect(receive, request):
-        for i, piece in enumerate(writes):
-            if i and reply.delay_between_chunks:
-                await asyncio.sleep(reply.delay_between_chunks)
-            if request.disconnected:
-                return
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        if reply.abort:
-            raise StreamAborted("FakeGemini dropped the connection on purpose (Reply.abort)")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-@contextlib.contextmanager
-def _watch_disconnect(receive: Receive, request: GeminiRequest) -> Iterator[None]:
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        request.disconnected = True
-
-    task = asyncio.ensure_future(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
-
+    abort = StreamAborted("FakeGemini dropped the connection on purpose (Reply.abort)") if reply.abort else None
+    await send_stream(receive, send, request, encode_stream(reply, request.body, request.model),
+                      content_type=SSE_TYPE, first_byte_delay=reply.first_byte_delay,
+                      delay_between_chunks=reply.delay_between_chunks, abort=abort)

@@ -29,7 +29,6 @@ its own error bodies, its usage fields and its stream quirks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import re
@@ -38,7 +37,7 @@ import time
 import types
 import typing
 from collections import abc
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -46,6 +45,7 @@ import orjson
 import typing_extensions
 from openai.types.chat import completion_create_params
 
+from .asgi import is_http_request, read_body, send_json, send_stream
 from .server import Receive, Scope, Send
 
 __all__ = [
@@ -76,6 +76,8 @@ JSONObject: TypeAlias = dict[str, Any]
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream; charset=utf-8"
 DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "o3")
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -1011,16 +1013,13 @@ class FakeOpenAI:
         assert not found, "requests left the openai SDK types:\n" + "\n".join(found)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await is_http_request(scope, receive, send):
             return
         request = ReceivedRequest(
             method=scope["method"],
             path=scope["path"],
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-            raw=await _read_body(receive),
+            raw=await read_body(receive),
         )
         self.requests.append(request)
         if scope["path"] not in (CHAT_PATH, MODELS_PATH):
@@ -1039,7 +1038,7 @@ class FakeOpenAI:
 
     async def _answer_models(self, send: Send, request: ReceivedRequest) -> None:
         data = [{"id": m, "object": "model", "created": 1767225600, "owned_by": "fake"} for m in self.models]
-        await _send_json(send, request, 200, {"object": "list", "data": data})
+        await send_json(send, request, 200, {"object": "list", "data": data}, content_type=JSON_TYPE)
 
     async def _answer_chat(self, receive: Receive, send: Send, request: ReceivedRequest) -> None:
         try:
@@ -1072,13 +1071,15 @@ class FakeOpenAI:
             await self._send_error(send, request, Error(500, "FakeOpenAI: a Chunks reply needs a streaming request"))
         else:
             await asyncio.sleep(reply.first_byte_delay)
-            await _send_json(send, request, 200, completion_body(reply, request.body, self.dialect))
+            body = completion_body(reply, request.body, self.dialect)
+            await send_json(send, request, 200, body, content_type=JSON_TYPE)
 
     async def _send_error(self, send: Send, request: ReceivedRequest, error: Error) -> None:
         headers = dict(error.headers)
         if error.retry_after is not None:
             headers["retry-after"] = f"{error.retry_after:g}"
-        await _send_json(send, request, error.status, self.dialect.error_json(error), headers.items())
+        await send_json(send, request, error.status, self.dialect.error_json(error), content_type=JSON_TYPE,
+                        headers=headers.items())
 
     def _next_reply(self, body: JSONObject) -> Scripted:
         if self.script:
@@ -1090,69 +1091,9 @@ class FakeOpenAI:
         return Error(500, "FakeOpenAI: no scripted reply left (queue one, or set default or responder)")
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _send_json(
-    send: Send,
-    request: ReceivedRequest,
-    status: int,
-    body: JSONObject,
-    headers: Iterable[tuple[str, str]] = (),
-) -> None:
-    request.status = status
-    raw_headers = [(b"content-type", b"application/json")]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
-
-
 async def _send_stream(receive: Receive, send: Send, request: ReceivedRequest, reply: Reply,
                        dialect: Dialect) -> None:
-    writes = encode_stream(reply, request.body, dialect)
-    await asyncio.sleep(reply.first_byte_delay)
-    request.status = 200
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    with _watch_disconnect(receive, request):
-        for i, piece in enumerate(writes):
-            if i and reply.delay_between_chunks:
-                await asyncio.sleep(reply.delay_between_chunks)
-            if request.disconnected:
-                return
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        if reply.abort:
-            raise StreamAborted("FakeOpenAI dropped the connection on purpose (Reply.abort)")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-@contextlib.contextmanager
-def _watch_disconnect(receive: Receive, request: ReceivedRequest) -> Iterator[None]:
-    """Set `request.disconnected` when the client goes away while we stream."""
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        request.disconnected = True
-
-    task = asyncio.ensure_future(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
+    abort = StreamAborted("FakeOpenAI dropped the connection on purpose (Reply.abort)") if reply.abort else None
+    await send_stream(receive, send, request, encode_stream(reply, request.body, dialect), content_type=SSE_TYPE,
+                      first_byte_delay=reply.first_byte_delay, delay_between_chunks=reply.delay_between_chunks,
+                      abort=abort)
