@@ -51,6 +51,12 @@ def fake(upstream: Upstream) -> Iterator[FakeOpenAI]:
     upstream.fake.assert_valid_with_sdk_types()
 
 
+@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
+def streamed(request: pytest.FixtureRequest) -> bool:
+    """Each test that takes it runs twice: the answer as one message, then streamed."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def client(proxy_url: str) -> Iterator[anthropic.Anthropic]:
     """The official SDK, never retrying (each retry would take the next scripted reply)."""

@@ -34,6 +34,7 @@ from e2e.test_e2e_cli import cli_command, free_port, stop, wait_healthy
 from fakes import Call, FakeOpenAI, Text, ToolCalls, serve_app
 from fakes.anthropic_upstream import MESSAGES_PATH as ANTHROPIC_MESSAGES_PATH
 from fakes.anthropic_upstream import AnthropicMessage, AnthropicStream, FakeAnthropic
+from fakes.asgi import read_body
 from fakes.gemini_upstream import Call as GeminiCall
 from fakes.gemini_upstream import Calls as GeminiCalls
 from fakes.gemini_upstream import FakeGemini
@@ -211,12 +212,7 @@ class AnthropicUpstream:
         if scope["type"] != "http":
             await self.fake(scope, receive, send)
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         if scope["path"] == ANTHROPIC_MESSAGES_PATH:
             self.fake.queue(self._reply(json.loads(raw)))
 
@@ -408,12 +404,7 @@ class Recorder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         query = scope["query_string"].decode()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         exchange = Exchange(scope["method"], scope["path"] + (f"?{query}" if query else ""), headers, body)

@@ -8,21 +8,15 @@ the fake was scripted with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from e2e.support import ROUTE_HEADER, accumulate, read_events
+from e2e.support import ROUTE_HEADER, Recorded, accumulate, each_claude_code_request, replay
 from fakes import Call, FakeOpenAI, Reasoning, ToolCalls, Usage
 
 pytestmark = pytest.mark.e2e
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "claude-code"
-CASES = sorted(FIXTURES.glob("*/[0-9][0-9][0-9].json"))
-#: Hop-by-hop or length headers that belonged to the original connection.
-DROPPED_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
 
 
 def reply_for(body: dict[str, Any]) -> Reasoning:
@@ -34,17 +28,13 @@ def reply_for(body: dict[str, Any]) -> Reasoning:
                      usage=Usage(prompt=9000, completion=40, cached=8000))
 
 
-@pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
+@each_claude_code_request
 def test_claude_code_request_round_trip(http: httpx.Client, fake: FakeOpenAI, path: Path) -> None:
-    fixture = json.loads(path.read_text(encoding="utf-8"))
-    body = fixture["body"]
-    headers = {k: v for k, v in fixture["headers"].items() if k.lower() not in DROPPED_HEADERS}
+    recorded = Recorded.load(path)
+    body = recorded.body
     fake.responder = reply_for
-    with http.stream("POST", fixture["path"], content=json.dumps(body).encode(), headers=headers) as response:
-        raw = response.read() if response.status_code != 200 else b""
-        assert response.status_code == 200, raw.decode(errors="replace")
-        assert response.headers["x-ccproxy-route"] == ROUTE_HEADER
-        events = read_events(response.iter_bytes())
+    response, events = replay(http, recorded)
+    assert response.headers["x-ccproxy-route"] == ROUTE_HEADER
     assert fake.last.status == 200, fake.last.problems + [str(p) for p in fake.last.type_problems]
     message = accumulate(events)
     assert [block.type for block in message.content] == ["thinking", "text", "tool_use"]

@@ -20,7 +20,22 @@ import anthropic
 import httpx
 import pytest
 from anthropic.types import Message
-from e2e.support import accumulate, read_events, serve_proxy, user
+from e2e.support import (
+    CLAUDE_CODE_FIXTURES,
+    MODEL,
+    WEATHER_TOOL,
+    Recorded,
+    accumulate,
+    ask,
+    block_starts,
+    each_claude_code_request,
+    read_events,
+    replay,
+    serve_proxy,
+    stream_events,
+    text_deltas,
+    user,
+)
 from fakes import serve_app
 from fakes.gemini_upstream import (
     DUMMY_SIGNATURE,
@@ -37,14 +52,8 @@ from fakes.gemini_upstream import (
 pytestmark = pytest.mark.e2e
 
 UPSTREAM_KEY = "gemini-e2e-upstream-key"
-MODEL = "claude-e2e"
 GEMINI_3_CLIENT_MODEL = "claude-e2e-gemini-3"
 ROUTE_HEADER = "gemini/gemini-2.5-pro; reason=default"
-WEATHER_TOOL: Any = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 ARGUMENTS = {
     "city": "Trondheim",
     "units": "metric",
@@ -52,9 +61,6 @@ ARGUMENTS = {
     "note": 'quotes " and unicode é ✓ survive',
     "nested": {"deep": {"flag": True, "value": None}},
 }
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "claude-code"
-CLAUDE_CODE_REQUESTS = sorted(FIXTURES.glob("*/[0-9][0-9][0-9].json"))
-DROPPED_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
 
 
 @pytest.fixture(scope="module")
@@ -91,22 +97,6 @@ def fake(gemini: tuple[FakeGemini, str]) -> Iterator[FakeGemini]:
     gemini[0].assert_all_accepted()
 
 
-@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
-def streamed(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
-def ask(client: anthropic.Anthropic, streamed: bool, **params: Any) -> Message:
-    params.setdefault("model", MODEL)
-    params.setdefault("max_tokens", 256)
-    params.setdefault("messages", user("Hello"))
-    if not streamed:
-        message: Message = client.messages.create(**params)
-        return message
-    with client.messages.stream(**params) as stream:
-        return stream.get_final_message()
-
-
 # --- answers -------------------------------------------------------------------------------------
 
 
@@ -127,11 +117,8 @@ def test_text(client: anthropic.Anthropic, fake: FakeGemini, streamed: bool) -> 
 def test_streamed_text_in_many_chunks(client: anthropic.Anthropic, fake: FakeGemini) -> None:
     pieces = [f"word{i} " for i in range(200)]
     fake.queue(Text(chunks=pieces))
-    with client.messages.stream(model=MODEL, max_tokens=256, messages=user("Count")) as stream:
-        deltas = [event.delta.text for event in stream
-                  if event.type == "content_block_delta" and event.delta.type == "text_delta"]
-        message = stream.get_final_message()
-    assert deltas == pieces, "the proxy must stream, not buffer the answer"
+    events, message = stream_events(client, model=MODEL, max_tokens=256, messages=user("Count"))
+    assert text_deltas(events) == pieces, "the proxy must stream, not buffer the answer"
     assert [b.type for b in message.content] == ["text"]
 
 
@@ -169,10 +156,9 @@ def test_text_then_call_then_text_keeps_order(client: anthropic.Anthropic, fake:
         {"candidates": [{"content": {"role": "model", "parts": [{"text": "Checking now."}]}, "finishReason": "STOP"}],
          "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 9}},
     ]))
-    with client.messages.stream(model=MODEL, max_tokens=256, tools=[WEATHER_TOOL], messages=user("Weather?")) as stream:
-        starts = [(event.index, event.content_block.type) for event in stream if event.type == "content_block_start"]
-        message = stream.get_final_message()
-    assert starts == [(0, "text"), (1, "tool_use"), (2, "text")]
+    events, message = stream_events(client, model=MODEL, max_tokens=256, tools=[WEATHER_TOOL],
+                                    messages=user("Weather?"))
+    assert block_starts(events) == [(0, "text"), (1, "tool_use"), (2, "text")]
     assert message.content[1].input == {"city": "Oslo"}  # type: ignore[union-attr]
     assert message.content[2].text == "Checking now."  # type: ignore[union-attr]
     assert message.stop_reason == "tool_use"
@@ -398,18 +384,14 @@ def claude_code_reply(body: dict[str, Any]) -> Calls | Text:
                  text_before="Let me look.", usage=Usage(prompt=9000, candidates=40, cached=8000))
 
 
-@pytest.mark.parametrize("path", CLAUDE_CODE_REQUESTS, ids=[f"{p.parent.name}/{p.stem}" for p in CLAUDE_CODE_REQUESTS])
+@each_claude_code_request
 def test_claude_code_request_round_trip(http: httpx.Client, fake: FakeGemini, path: Path) -> None:
     """Each real Claude Code request, byte for byte; 2.1 requests go to gemini-3, whose history
     rules are the strictest (their earlier tool calls carry Anthropic-mock signatures: dummy)."""
-    fixture = json.loads(path.read_text(encoding="utf-8"))
-    body = fixture["body"]
-    headers = {k: v for k, v in fixture["headers"].items() if k.lower() not in DROPPED_HEADERS}
+    recorded = Recorded.load(path)
+    body = recorded.body
     fake.responder = claude_code_reply
-    with http.stream("POST", fixture["path"], content=json.dumps(body).encode(), headers=headers) as response:
-        raw = response.read() if response.status_code != 200 else b""
-        assert response.status_code == 200, raw.decode(errors="replace")
-        events = read_events(response.iter_bytes())
+    _, events = replay(http, recorded)
     sent = fake.last
     assert sent.status == 200, sent.problems
     assert sent.model == ("gemini-3-pro-preview" if body["model"] == "claude-opus-5-5" else "gemini-2.5-pro")
@@ -435,21 +417,20 @@ def test_claude_code_request_round_trip(http: httpx.Client, fake: FakeGemini, pa
 def test_claude_code_tool_loop_continues_on_gemini_3(http: httpx.Client, fake: FakeGemini) -> None:
     """The first request of a real run, answered by a signed step; the run's next request, rebuilt with
     our answer in place of the mock's, must carry that signature back to gemini-3."""
-    first = json.loads((FIXTURES / "2.1.332-read-notes" / "001.json").read_text(encoding="utf-8"))
+    first = Recorded.load(CLAUDE_CODE_FIXTURES / "2.1.332-read-notes" / "001.json")
     step = Calls([Call("Read", {"file_path": "/home/dev/project-fixture-1/notes.md"})])
     fake.queue(step, Text("notes.md has 7 lines."))
-    headers = {k: v for k, v in first["headers"].items() if k.lower() not in DROPPED_HEADERS}
-    content = json.dumps(first["body"]).encode()
-    with http.stream("POST", first["path"], content=content, headers=headers) as response:
+    content = json.dumps(first.body).encode()
+    with http.stream("POST", first.path, content=content, headers=first.headers) as response:
         answer = accumulate(read_events(response.iter_bytes()))
     tool_use = answer.content[-1]
     assert tool_use.type == "tool_use"
-    second = json.loads((FIXTURES / "2.1.332-read-notes" / "002.json").read_text(encoding="utf-8"))["body"]
+    second = Recorded.load(CLAUDE_CODE_FIXTURES / "2.1.332-read-notes" / "002.json").body
     messages = [m for m in second["messages"] if m["role"] != "assistant"]
     result = messages[-1]
     result["content"][0]["tool_use_id"] = tool_use.id
     body = {**second, "messages": [*messages[:-1], as_param(answer), result]}
-    with http.stream("POST", first["path"], content=json.dumps(body).encode(), headers=headers) as response:
+    with http.stream("POST", first.path, content=json.dumps(body).encode(), headers=first.headers) as response:
         final = accumulate(read_events(response.iter_bytes()))
     assert final.content[0].text == "notes.md has 7 lines."  # type: ignore[union-attr]
     model_turn = fake.last.body["contents"][-2]

@@ -13,17 +13,21 @@ from typing import Any
 
 import anthropic
 import pytest
-from anthropic.types import Message
-from e2e.support import MODEL, ROUTE_HEADER, UPSTREAM_KEY, user
+from e2e.support import (
+    MODEL,
+    ROUTE_HEADER,
+    UPSTREAM_KEY,
+    WEATHER_TOOL,
+    ask,
+    block_starts,
+    stream_events,
+    text_deltas,
+    user,
+)
 from fakes import Call, Chunks, FakeOpenAI, Reasoning, Text, ToolCalls, Usage, chunk
 
 pytestmark = pytest.mark.e2e
 
-WEATHER_TOOL: Any = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 ARGUMENTS = {
     "city": "Trondheim",
     "units": "metric",
@@ -31,23 +35,6 @@ ARGUMENTS = {
     "note": 'quotes " and unicode é ✓ survive splitting',
     "nested": {"deep": {"flag": True, "value": None}},
 }
-
-
-def ask(client: anthropic.Anthropic, streamed: bool, **params: Any) -> Message:
-    """One request, as a whole message or through the SDK's stream accumulator."""
-    params.setdefault("model", MODEL)
-    params.setdefault("max_tokens", 256)
-    params.setdefault("messages", user("Hello"))
-    if not streamed:
-        message: Message = client.messages.create(**params)
-        return message
-    with client.messages.stream(**params) as stream:
-        return stream.get_final_message()
-
-
-@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
-def streamed(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
 
 
 def test_text(client: anthropic.Anthropic, fake: FakeOpenAI, streamed: bool) -> None:
@@ -67,10 +54,8 @@ def test_text(client: anthropic.Anthropic, fake: FakeOpenAI, streamed: bool) -> 
 def test_streamed_text_in_many_chunks(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
     pieces = [f"word{i} " for i in range(200)]
     fake.queue(Text(chunks=pieces))
-    with client.messages.stream(model=MODEL, max_tokens=256, messages=user("Count")) as stream:
-        deltas = [event.delta.text for event in stream
-                  if event.type == "content_block_delta" and event.delta.type == "text_delta"]
-        message = stream.get_final_message()
+    events, message = stream_events(client, model=MODEL, max_tokens=256, messages=user("Count"))
+    deltas = text_deltas(events)
     assert "".join(deltas) == "".join(pieces)
     assert len(deltas) > 1, "the proxy must stream, not buffer the answer"
     assert [b.type for b in message.content] == ["text"]
@@ -115,12 +100,9 @@ def test_text_then_tool_then_text_keeps_order(client: anthropic.Anthropic, fake:
         chunk({"content": "Checking now."}),
         chunk({}, "tool_calls"),
     ]))
-    with client.messages.stream(model=MODEL, max_tokens=256, tools=[WEATHER_TOOL],
-                                messages=user("Weather?")) as stream:
-        starts = [(event.index, event.content_block.type) for event in stream
-                  if event.type == "content_block_start"]
-        message = stream.get_final_message()
-    assert starts == [(0, "text"), (1, "tool_use"), (2, "text")]
+    events, message = stream_events(client, model=MODEL, max_tokens=256, tools=[WEATHER_TOOL],
+                                    messages=user("Weather?"))
+    assert block_starts(events) == [(0, "text"), (1, "tool_use"), (2, "text")]
     assert [b.type for b in message.content] == ["text", "tool_use", "text"]
     assert message.content[0].text == "Let me check. "  # type: ignore[union-attr]
     assert message.content[1].input == {"city": "Oslo"}  # type: ignore[union-attr]

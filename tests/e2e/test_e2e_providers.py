@@ -20,8 +20,10 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types import Message
-from e2e.support import serve_proxy, user
+from e2e import support
+from e2e.support import WEATHER_TOOL, serve_proxy, user
 from fakes import DIALECTS, Call, Chunks, Error, FakeOpenAI, Reasoning, Text, ToolCalls, Usage, chunk, serve_app
+from fakes.asgi import is_http_request
 from fakes.server import Receive, Scope, Send
 
 pytestmark = pytest.mark.e2e
@@ -59,11 +61,6 @@ TARGETS = (
 BY_NAME = {target.name: target for target in TARGETS}
 OPENROUTER_TITLE = "ccproxy e2e suite"
 
-WEATHER_TOOL: Any = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 ARGUMENTS = {"city": "Trondheim", "days": [1, 2, 3], "note": 'quotes " and unicode é ✓ survive splitting',
              "nested": {"deep": {"flag": True, "value": None}}}
 # Mistral issues tool-call ids of 9 letters and digits; every other provider takes them too
@@ -78,10 +75,7 @@ class ByPrefix:
         self.apps = apps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        if not await is_http_request(scope, receive, send):
             return
         name, _, rest = scope["path"].lstrip("/").partition("/")
         await self.apps[name]({**scope, "path": f"/{rest}"}, receive, send)
@@ -136,20 +130,10 @@ def fake(upstreams: Upstreams, target: Target) -> Iterator[FakeOpenAI]:
     upstream.assert_valid_with_sdk_types()
 
 
-@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
-def streamed(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 def ask(client: anthropic.Anthropic, target: Target, streamed: bool, **params: Any) -> Message:
+    """`e2e.support.ask`, asking the target's model unless told otherwise."""
     params.setdefault("model", target.route)
-    params.setdefault("max_tokens", 256)
-    params.setdefault("messages", user("Hello"))
-    if not streamed:
-        message: Message = client.messages.create(**params)
-        return message
-    with client.messages.stream(**params) as stream:
-        return stream.get_final_message()
+    return support.ask(client, streamed, **params)
 
 
 def error_message(error: anthropic.APIStatusError) -> str:
