@@ -13,7 +13,6 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from ._app import create_app
 from ._compiler import CompiledProvider, compile_rules
 from ._config import Settings, check_config, load_config
 from ._errors import ConfigError, Diagnostic, DiagnosticCode, RouteError, RuleError, SetupError
@@ -48,6 +47,8 @@ def app_from_environment() -> Any:
     config = os.environ.get(ENV_CONFIG) or None
     rules = [Path(p) for p in os.environ.get(ENV_RULES, "").split(os.pathsep) if p]
     settings, providers = prepare(config, rules)
+    from ._app import create_app  # only the server's workers need the HTTP stack
+
     return create_app(settings, providers)
 
 

@@ -11,5 +11,6 @@ EXPECTED = {
 
 def test_all_lists_exactly_the_public_names() -> None:
     assert set(ccproxy_engine.__all__) == EXPECTED
-    public = {name for name in vars(ccproxy_engine) if not name.startswith("_")} | {"__version__"}
+    public = {name for name in dir(ccproxy_engine) if not name.startswith("_")} | {"__version__"}
     assert public == EXPECTED
+    assert ccproxy_engine.create_app.__module__ == "ccproxy_engine._app"
