@@ -18,6 +18,7 @@ Problems are collected as `Diagnostic`s with the exact file, line and column, ne
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,10 +149,7 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     inner = stripped[2:-2] if stripped.startswith("{{") else stripped
     offset = len(text) - len(text.lstrip())  # where the source starts: `{{`, or the bare expression
     try:
-        parser = Parser(ENVIRONMENT, inner, state="variable")
-        expr = parser.parse_expression()
-        if not parser.stream.eos:
-            raise TemplateSyntaxError("unexpected text after the expression", parser.stream.current.lineno)
+        expr = _parse_expression(inner)
     except TemplateSyntaxError as exc:
         _report_jinja(exc, pos, offset, text, ctx)
         return _fail_at_runtime(pos)
@@ -160,7 +158,7 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     path = _plain_path(expr)
     if path is not None:
         return _path_getter(*path)
-    native = compile_native(expr, ENVIRONMENT)
+    native = _native_expression(inner)
     if native is not None:
         return _guard(_defined(native), pos, text)
     body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
@@ -182,6 +180,35 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     return _guard(evaluate, pos, text)
 
 
+# Parsing and closure building depend only on the text, and dialect rule sets inherit most of their
+# templates unchanged: each distinct text is parsed and compiled once per process. Checks that depend
+# on the rule set (names, positions) still run per use.
+
+
+@functools.cache
+def _parse_expression(inner: str) -> nodes.Expr:
+    parser = Parser(ENVIRONMENT, inner, state="variable")
+    expr = parser.parse_expression()
+    if not parser.stream.eos:
+        raise TemplateSyntaxError("unexpected text after the expression", parser.stream.current.lineno)
+    return expr
+
+
+@functools.cache
+def _native_expression(inner: str) -> Compiled | None:
+    return compile_native(_parse_expression(inner), ENVIRONMENT)
+
+
+@functools.cache
+def _parse_text(text: str) -> nodes.Template:
+    return ENVIRONMENT.parse(text)
+
+
+@functools.cache
+def _native_text(text: str) -> Compiled | None:
+    return compile_native_text(_parse_text(text), ENVIRONMENT)
+
+
 def _defined(native: Compiled) -> Compiled:
     def evaluate(scope: Scope) -> Any:
         value = native(scope)
@@ -194,13 +221,13 @@ def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
     """Compile a string that mixes text with ``{{ }}``/``{% %}``; it renders to a string."""
     pos = ctx.position(key_path)
     try:
-        ast = ENVIRONMENT.parse(text)
+        ast = _parse_text(text)
         if not _check_names(ast, pos, 0, text, ctx):
             return _fail_at_runtime(pos)
-        template = ENVIRONMENT.from_string(text)
-        native = compile_native_text(ast, ENVIRONMENT)
+        native = _native_text(text)
         if native is not None:
             return _guard(native, pos, text)
+        template = ENVIRONMENT.from_string(text)
     except TemplateError as exc:
         _report_jinja(exc, pos, 0, text, ctx)
         return _fail_at_runtime(pos)
