@@ -201,55 +201,47 @@ async def _forward(engine: Engine, incoming: Incoming, target: RouteTarget, head
     prepared = provider.build_request(body, model=target.model, provider=scope, stream=is_streaming,
                                       client_headers=incoming.headers)
     if provider.passthrough:
-        raw = incoming.raw if incoming.raw is not None else orjson.dumps(body)
-        upstream_request = UpstreamRequest(
-            provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
-            body=replace_model(raw, target.model), stream=is_streaming, timeouts=settings.timeouts)
-        return await _pass_through(engine, upstream_request, provider, target, headers)
+        payload = replace_model(incoming.raw if incoming.raw is not None else orjson.dumps(body), target.model)
+    else:
+        payload = orjson.dumps(prepared.body, default=_undefined_as_null)
     upstream_request = UpstreamRequest(
         provider=target.provider, method=provider.method, url=prepared.url, headers=prepared.headers,
-        body=orjson.dumps(prepared.body, default=_undefined_as_null), stream=is_streaming,
-        timeouts=settings.timeouts,
+        body=payload, stream=is_streaming, timeouts=settings.timeouts,
     )
+    if provider.passthrough:
+        return await _pass_through(engine, upstream_request, provider, target, headers)
     client_model = str(body.get("model"))
     if not is_streaming:
-        response = await engine.upstream.send(upstream_request)
-        if response.status >= 300:
-            await _raise_upstream_error(response, provider, target.provider)
+        response = await _send(engine, upstream_request, provider, target.provider)
         return await _whole_message(response, provider, target, client_model, prepared.tool_names, headers)
-    # the input-token estimate for message_start is counted while the upstream thinks
-    estimate = asyncio.ensure_future(_known(tokens) if tokens is not None else _count(engine.tokens, body))
+    # unless routing already counted, the input-token estimate for message_start is counted while the
+    # upstream thinks
+    estimate = None if tokens is not None else asyncio.ensure_future(_count(engine.tokens, body))
     try:
-        response = await engine.upstream.send(upstream_request)
-        if response.status >= 300:
-            await _raise_upstream_error(response, provider, target.provider)
+        response = await _send(engine, upstream_request, provider, target.provider)
     except BaseException:
-        estimate.cancel()
+        if estimate is not None:
+            estimate.cancel()
         raise
-    try:
-        input_tokens = await estimate
-    except BaseException:
-        await response.aclose()
-        raise
+    if estimate is not None:
+        try:
+            tokens = await estimate
+        except BaseException:
+            await response.aclose()
+            raise
     machine = StreamMachine(
         provider=target.provider, message_id=new_id("msg_"), model=client_model,
         tool_names=prepared.tool_names, sign=provider.signer(target.model, name=target.provider),
-        input_tokens=input_tokens,
+        input_tokens=tokens or 0,
     )
     events = _translate_stream(response, StreamTranslator(provider, machine, name=target.provider))
     return Stream(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
 
-async def _known(tokens: int) -> int:
-    return tokens
-
-
 async def _pass_through(engine: Engine, upstream_request: UpstreamRequest, provider: CompiledProvider,
                         target: RouteTarget, headers: dict[str, str]) -> Response[Any]:
     """An Anthropic-speaking upstream: its answer goes to the client byte for byte."""
-    response = await engine.upstream.send(upstream_request)
-    if response.status >= 300:
-        await _raise_upstream_error(response, provider, target.provider)
+    response = await _send(engine, upstream_request, provider, target.provider)
     media_type = response.headers.get("content-type", "application/json")
     if not upstream_request.stream:
         try:
@@ -280,7 +272,12 @@ def _undefined_as_null(value: Any) -> None:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-async def _raise_upstream_error(response: UpstreamResponse, provider: CompiledProvider, name: str) -> None:
+async def _send(engine: Engine, upstream_request: UpstreamRequest, provider: CompiledProvider,
+                name: str) -> UpstreamResponse:
+    """Send and wait for the status: a non-2xx answer is read, closed and raised as its mapped error."""
+    response = await engine.upstream.send(upstream_request)
+    if response.status < 300:
+        return response
     try:
         raw = await response.read()
     finally:
