@@ -269,14 +269,12 @@ class ErrorMap:
         if overflow:
             anthropic_status, error_type = 400, "invalid_request_error"
         provider = provider or self.provider
-        error = UpstreamStatusError(provider, message, status=anthropic_status, error_type=error_type,
-                                    upstream_status=status, retry_after=retry_after)
-        if overflow:
-            # Claude Code compacts on a message that starts with this phrase; the provider tag that
-            # UpstreamError puts first goes after it (as in `describe_inline`)
-            error.message = self._overflow_message(data, message, provider)
-            error.args = (error.message,)
-        return error
+        if overflow:  # Claude Code compacts on a message that starts with this phrase
+            return UpstreamStatusError(provider, self._overflow_message(data, message, provider),
+                                       status=anthropic_status, error_type=error_type, upstream_status=status,
+                                       retry_after=retry_after, named=True)
+        return UpstreamStatusError(provider, message, status=anthropic_status, error_type=error_type,
+                                   upstream_status=status, retry_after=retry_after)
 
     def describe_inline(self, error: Any, provider: str | None = None) -> tuple[str, str]:
         """An error record inside a 200 stream → (Anthropic error type, message)."""

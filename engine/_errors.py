@@ -98,13 +98,17 @@ class RuleRuntimeError(EngineError):
 
 
 class UpstreamError(EngineError):
-    """Base of provider failures; `provider` names the provider that failed."""
+    """Base of provider failures; `provider` names the provider that failed.
+
+    The message is shown as ``[provider] message``; pass ``named=True`` when `message` already
+    names the provider where it must (``prompt is too long: … ([openai] …)`` keeps the phrase Claude
+    Code looks for at the start)."""
 
     status = 502
 
     def __init__(self, provider: str, message: str, *, status: int | None = None,
-                 error_type: str | None = None) -> None:
-        super().__init__(f"[{provider}] {message}", status=status, error_type=error_type)
+                 error_type: str | None = None, named: bool = False) -> None:
+        super().__init__(message if named else f"[{provider}] {message}", status=status, error_type=error_type)
         self.provider = provider
 
 
@@ -112,8 +116,9 @@ class UpstreamStatusError(UpstreamError):
     """Raised when the provider answered non-2xx; status and type are already mapped to Anthropic's."""
 
     def __init__(self, provider: str, message: str, *, status: int, error_type: str | None = None,
-                 upstream_status: int | None = None, retry_after: str | None = None) -> None:
-        super().__init__(provider, message, status=status, error_type=error_type)
+                 upstream_status: int | None = None, retry_after: str | None = None,
+                 named: bool = False) -> None:
+        super().__init__(provider, message, status=status, error_type=error_type, named=named)
         self.upstream_status = upstream_status if upstream_status is not None else status
         if retry_after:
             self.headers["retry-after"] = retry_after

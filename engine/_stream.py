@@ -145,13 +145,6 @@ def _unknown_finish(finish: FinishDelta) -> str:
     return f"upstream stopped with finish reason '{finish.raw}' and produced no content"
 
 
-def _tagged(provider: str, message: str) -> str:
-    """An in-band error message with the provider tag, added only if the rules' error mapping did not
-    already put it in (it must: "prompt is too long: [p] ..." keeps the phrase clients look for first)."""
-    tag = f"[{provider}]"
-    return message if tag in message else f"{tag} {message}"
-
-
 def _drop_unnamed(provider: str, calls: list[_ToolCall]) -> None:
     """Warn about calls whose name never came: a tool_use block without a name is useless to a client."""
     for call in calls:
@@ -248,7 +241,7 @@ class StreamMachine:
         elif isinstance(delta, FinishDelta):
             self._finish = delta
         elif isinstance(delta, ErrorDelta):
-            out += self.fail(delta.error_type, _tagged(self._provider, delta.message))
+            out += self.fail(delta.error_type, delta.message)
         else:
             raise TypeError(f"not a delta: {delta!r}")
         return out
@@ -444,11 +437,8 @@ class MessageBuilder:
             self._finish = delta
         elif isinstance(delta, ErrorDelta):
             status = _ERROR_STATUSES.get(delta.error_type, 500)
-            error = UpstreamStatusError(self._provider, delta.message, status=status,
-                                        error_type=delta.error_type)
-            error.message = _tagged(self._provider, delta.message)
-            error.args = (error.message,)
-            raise error
+            raise UpstreamStatusError(self._provider, delta.message, status=status, error_type=delta.error_type,
+                                      named=True)
         else:
             raise TypeError(f"not a delta: {delta!r}")
 

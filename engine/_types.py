@@ -81,7 +81,10 @@ class UsageDelta:
 
 @dataclass(slots=True)
 class ErrorDelta:
-    """The upstream reported an error inside a response that had already started (HTTP 200)."""
+    """The upstream reported an error inside a response that had already started (HTTP 200).
+
+    `message` is what the client reads, already naming the provider (the decoder that found the
+    error knows which one it is)."""
 
     error_type: str
     message: str

@@ -434,7 +434,7 @@ def test_error_delta_mid_stream_ends_the_stream() -> None:
     machine = StreamMachine(**BASE)
     events = machine.start() + machine.feed(T("Hel"))
 
-    events += machine.feed(E("overloaded_error", "Overloaded"))
+    events += machine.feed(E("overloaded_error", "[openai] Overloaded"))  # the decoder names the provider
 
     assert_well_formed(events)
     assert events[-1] == ("error", {"type": "error",
@@ -597,7 +597,7 @@ def test_builder_error_delta_raises_with_the_mapped_status(error_type: str, stat
     builder.feed(T("x"))
 
     with pytest.raises(UpstreamStatusError) as caught:
-        builder.feed(E(error_type, "it broke"))
+        builder.feed(E(error_type, "[openai] it broke"))
 
     assert (caught.value.status, caught.value.error_type) == (status, error_type)
     assert caught.value.message == "[openai] it broke"
