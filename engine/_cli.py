@@ -13,7 +13,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from ._compiler import CompiledProvider, compile_rules
+from ._compiler import CompiledRules, compile_rules
 from ._config import Settings, check_config, load_config
 from ._errors import ConfigError, Diagnostic, DiagnosticCode, RouteError, RuleError, SetupError
 from ._loader import BUILTIN_RULES_DIR, display_path, load_rules, rule_file_paths
@@ -27,29 +27,29 @@ _CONFIG_KEYS = frozenset({"server", "providers", "routes"})
 
 
 def prepare(config: str | Path | None, rule_paths: Sequence[Path] = (),
-            env: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, CompiledProvider]]:
+            env: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, CompiledRules]]:
     """Load rules and config, compile the rules; raise one `SetupError` listing every problem."""
     rule_sets, diagnostics = load_rules(rule_paths)
-    providers, problems = compile_rules(rule_sets)
+    rules, problems = compile_rules(rule_sets)
     diagnostics += problems
     if any(d.severity == "error" for d in diagnostics):
         raise RuleError(diagnostics)
-    settings = load_config(config, env, available_rules=set(providers))
+    settings = load_config(config, env, available_rules=set(rules))
     try:
         Router(settings)  # imports routes.custom: a broken custom router stops start-up here
     except RouteError as exc:
         raise ConfigError([Diagnostic(settings.source, 1, 1, DiagnosticCode.BAD_ROUTE, exc.message)]) from exc
-    return settings, providers
+    return settings, rules
 
 
 def app_from_environment() -> Any:
     """App factory for the server's workers: reads what `serve` put in the environment."""
     config = os.environ.get(ENV_CONFIG) or None
     rules = [Path(p) for p in os.environ.get(ENV_RULES, "").split(os.pathsep) if p]
-    settings, providers = prepare(config, rules)
+    settings, compiled = prepare(config, rules)
     from ._app import create_app  # only the server's workers need the HTTP stack
 
-    return create_app(settings, providers)
+    return create_app(settings, compiled)
 
 
 def _print_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
