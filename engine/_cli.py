@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -18,10 +16,6 @@ from ._config import Settings, check_config, load_config
 from ._errors import ConfigError, Diagnostic, DiagnosticCode, RouteError, RuleError, SetupError
 from ._loader import BUILTIN_RULES_DIR, display_path, load_rules, rule_file_paths
 from ._router import Router
-
-#: How `serve` hands its choices to the server's worker processes, which build their own app.
-ENV_CONFIG = "CCPROXY_ENGINE_CONFIG"
-ENV_RULES = "CCPROXY_ENGINE_RULES"
 
 _CONFIG_KEYS = frozenset({"server", "providers", "routes"})
 
@@ -40,16 +34,6 @@ def prepare(config: str | Path | None, rule_paths: Sequence[Path] = (),
     except RouteError as exc:
         raise ConfigError([Diagnostic(settings.source, 1, 1, DiagnosticCode.BAD_ROUTE, exc.message)]) from exc
     return settings, rules
-
-
-def app_from_environment() -> Any:
-    """App factory for the server's workers: reads what `serve` put in the environment."""
-    config = os.environ.get(ENV_CONFIG) or None
-    rules = [Path(p) for p in os.environ.get(ENV_RULES, "").split(os.pathsep) if p]
-    settings, compiled = prepare(config, rules)
-    from ._app import create_app  # only the server's workers need the HTTP stack
-
-    return create_app(settings, compiled)
 
 
 def _print_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
@@ -104,27 +88,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    rule_paths = [Path(p) for p in args.rules]
     try:
-        settings, _ = prepare(args.config, rule_paths)
+        settings, rules = prepare(args.config, [Path(p) for p in args.rules])
     except SetupError as exc:
         _print_diagnostics(exc.diagnostics)
         return 1
     _print_diagnostics(settings.warnings)
     host = args.host or settings.host
     port = args.port or settings.port
-    os.environ[ENV_CONFIG] = str(Path(args.config).resolve()) if args.config else ""
-    os.environ[ENV_RULES] = os.pathsep.join(str(p.resolve()) for p in rule_paths)
+    from ._serve import PortInUseError, ensure_port_free, serve
+
+    try:
+        ensure_port_free(host, port)
+    except PortInUseError as exc:
+        print(f"ccproxy-engine: {exc.strerror}", file=sys.stderr)
+        return 1
+    from ._app import create_app  # only a serving process needs the HTTP stack
+
+    app = create_app(settings, rules)
     print(f"ccproxy-engine serving on http://{host}:{port} (config: {settings.source}; "
           f"providers: {', '.join(settings.providers) or 'none'})", file=sys.stderr)
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    Granian(
-        "ccproxy_engine._cli:app_from_environment", factory=True, address=host, port=port,
-        interface=Interfaces.ASGI, workers=args.workers, log_level=args.log_level, log_access=False,
-    ).serve()
-    return 0
+    return serve(app, host=host, port=port, workers=args.workers, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-__all__ = ["app_from_environment", "display_path", "main", "prepare", "validate"]
+__all__ = ["display_path", "main", "prepare", "validate"]
