@@ -32,11 +32,10 @@ from ._errors import (
     error_type_for_status,
 )
 from ._functions import JINJA_GLOBALS
-from ._loader import KeyPath, RuleSet
+from ._loader import RuleSet
 from ._template import (
     CompileContext,
     Compiled,
-    Selector,
     bound_names,
     compile_selector,
     compile_template,
@@ -47,6 +46,8 @@ from ._types import (
     ErrorDelta,
     FinishDelta,
     JSONObject,
+    KeyPath,
+    Selector,
     TextDelta,
     ThinkingDelta,
     ToolCallDelta,

@@ -12,9 +12,10 @@ Hierarchy (bases match how callers catch, leaves match what happened)::
     │   ├── UpstreamTimeoutError    it did not answer in time (504 timeout_error)
     │   ├── UpstreamConnectError    it could not be reached (502 api_error)
     │   └── UpstreamProtocolError   it answered something we cannot read (502 api_error)
-    └── SetupError                  config or rules are broken; raised at start-up, never per request
-        ├── ConfigError
-        └── RuleError
+
+    SetupError                      config or rules are broken; raised at start-up, never per request
+    ├── ConfigError                 (a plain Exception: no client ever sees one)
+    └── RuleError
 
 `SetupError`s carry a list of `Diagnostic`s, printed as ``file:line:col: message [code]`` by both
 ``validate`` and ``serve``.

@@ -38,12 +38,12 @@ from ruamel.yaml.scalarstring import (
 )
 
 from ._errors import Diagnostic, DiagnosticCode, RuleError
+from ._types import KeyPath
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_RULES_DIR = PACKAGE_DIR / "rules"
 SCHEMAS_DIR = PACKAGE_DIR / "schemas"
 
-KeyPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)

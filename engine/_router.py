@@ -27,12 +27,13 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._config import RouteTarget, Settings
 from ._errors import RouteError
+from ._types import TokenCount
 
 logger = logging.getLogger("ccproxy_engine.router")
 
@@ -40,7 +41,6 @@ SUBAGENT_TAG = re.compile(r"<CCPROXY-SUBAGENT-MODEL>\s*([^<]*?)\s*</CCPROXY-SUBA
 #: How many user messages, from the first, are searched for a subagent tag.
 TAGGED_USER_MESSAGES = 2
 
-TokenCount = Callable[[], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True)

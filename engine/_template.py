@@ -33,11 +33,10 @@ from jmespath.visitor import TreeInterpreter
 from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
 from ._expressions import compile_jmespath, compile_native, compile_native_text
 from ._functions import JINJA_FILTERS, JMESPATH_OPTIONS, EngineFunctions
-from ._loader import KeyPath, RuleSet, SourcePosition
+from ._loader import RuleSet, SourcePosition
+from ._types import KeyPath, Scope, Selector, Transformer
 
-Scope = dict[str, Any]
-Compiled = Callable[[Scope], Any]
-Selector = Callable[[Any], Any]
+Compiled = Transformer
 
 DIRECTIVES = ("$each", "$if", "$switch", "$let", "$use", "$select", "$merge", "$flatten")
 DIRECTIVE_KEYS: dict[str, frozenset[str]] = {
