@@ -38,7 +38,7 @@ from ._functions import new_id
 from ._proxy import Answer, Proxy
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
-from ._validation import RequestValidator
+from ._validation import MESSAGES_RANGES, RequestValidator
 
 __all__ = ["create_app"]
 
@@ -177,7 +177,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
     """The ASGI app for `settings` and compiled `rules` (`_cli.prepare` builds both from files)."""
     proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens)
-    state = _State(proxy, RequestValidator("anthropic.messages.schema.json"),
+    state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
                    RequestValidator("anthropic.count_tokens.schema.json"))
 
     @asynccontextmanager

@@ -39,6 +39,7 @@ from ._template import (
     bound_names,
     compile_selector,
     compile_template,
+    compile_url,
     named_template,
 )
 from ._types import (
@@ -437,7 +438,7 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     for key in missing:
         pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
         ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
-    url = compile_template(request.get("url", ""), ("request", "url"), ctx)
+    url = compile_url(request.get("url", ""), ("request", "url"), ctx)
     headers = [(name.lower(), compile_template(value, ("request", "headers", name), ctx))
                for name, value in (request.get("headers") or {}).items()]
     body = compile_template(request.get("body", {}), ("request", "body"), ctx)
