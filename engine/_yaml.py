@@ -321,11 +321,11 @@ def expand_references(text: str, env: Mapping[str, str]) -> Expanded:
 
 @dataclass(slots=True)
 class Interpolation:
-    """What `interpolate` found: each unset variable without a default (with the path of the value
-    that named it) and the paths of values holding a malformed reference."""
+    """What `interpolate` found: each unset variable without a default and each text holding a
+    malformed reference, with the path of its value."""
 
     missing: list[tuple[KeyPath, str]] = field(default_factory=list)
-    malformed: list[KeyPath] = field(default_factory=list)
+    malformed: list[tuple[KeyPath, str]] = field(default_factory=list)
 
 
 def interpolate(data: Any, positions: Mapping[KeyPath, SourcePosition], env: Mapping[str, str],
@@ -345,7 +345,7 @@ def interpolate(data: Any, positions: Mapping[KeyPath, SourcePosition], env: Map
     expanded = expand_references(data, env)
     found.missing.extend((key_path, name) for name in expanded.missing)
     if expanded.malformed:
-        found.malformed.append(key_path)
+        found.malformed.append((key_path, data))
     position = positions.get(key_path)
     if expanded.text != data and position is not None and position.plain:
         return type_plain(expanded.text)
