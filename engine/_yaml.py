@@ -96,8 +96,8 @@ def nearest_position(positions: Mapping[KeyPath, SourcePosition], key_path: KeyP
 
 @dataclass(frozen=True, slots=True)
 class Wording:
-    """How messages name parts of one kind of document. Rule files and the config were worded apart
-    before they shared this module; users and tests know both, so each kind keeps its words."""
+    """How messages name parts of one kind of document. Rule files and the config named these apart
+    before they shared this module; each kind keeps the words its users already see."""
 
     top_level: str = "(top level)"
     """Where an unknown key at the top level is: ``unknown key 'x' in <top_level>``."""
