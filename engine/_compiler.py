@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +53,7 @@ from ._types import (
     ToolCallDelta,
     UsageDelta,
 )
+from ._yaml import expand_references
 
 #: Upstream HTTP status → the status an Anthropic client expects (protocols.md 4.9).
 UPSTREAM_STATUS_MAP: dict[int, int] = {
@@ -65,8 +65,6 @@ UPSTREAM_STATUS_MAP: dict[int, int] = {
 SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
                          "fail", "client_headers", "none", "true", "false"})
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
 
 def fail(message: str) -> None:
     """Template global: refuse the request with a 400 ``invalid_request_error`` saying `message`."""
@@ -75,22 +73,10 @@ def fail(message: str) -> None:
 
 def expand_env(value: Any, env: Mapping[str, str]) -> Any:
     """``${VAR}`` / ``${VAR:-default}`` in a rule's `defaults`; an unset variable without default → None."""
-    if not isinstance(value, str) or "${" not in value:
+    if not isinstance(value, str):
         return value
-    missing = False
-
-    def substitute(match: re.Match[str]) -> str:
-        nonlocal missing
-        name, default = match.group(1), match.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        if default is not None:
-            return default
-        missing = True
-        return ""
-
-    expanded = _ENV_REFERENCE.sub(substitute, value)
-    return None if missing else expanded
+    expanded = expand_references(value, env)
+    return None if expanded.missing else expanded.text
 
 
 @dataclass(slots=True)

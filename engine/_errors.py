@@ -7,14 +7,14 @@ Hierarchy (bases match how callers catch, leaves match what happened)::
     ├── NotFoundError               unknown path or model (404 not_found_error)
     ├── RouteError                  no provider can serve the request (400 invalid_request_error)
     ├── RuleRuntimeError            a compiled rule failed on one request (500 api_error)
-    ├── UpstreamError               the provider failed; each names the provider
-    │   ├── UpstreamStatusError     it answered non-2xx (status and type mapped by its rules)
-    │   ├── UpstreamTimeoutError    it did not answer in time (504 timeout_error)
-    │   ├── UpstreamConnectError    it could not be reached (502 api_error)
-    │   └── UpstreamProtocolError   it answered something we cannot read (502 api_error)
+    └── UpstreamError               the provider failed; each names the provider
+        ├── UpstreamStatusError     it answered non-2xx (status and type mapped by its rules)
+        ├── UpstreamTimeoutError    it did not answer in time (504 timeout_error)
+        ├── UpstreamConnectError    it could not be reached (502 api_error)
+        └── UpstreamProtocolError   it answered something we cannot read (502 api_error)
 
-    SetupError                      config or rules are broken; raised at start-up, never per request
-    ├── ConfigError                 (a plain Exception: no client ever sees one)
+    SetupError                      config or rules are broken; raised at start-up, never per request,
+    ├── ConfigError                 so no client sees it (a plain Exception, not an EngineError)
     └── RuleError
 
 `SetupError`s carry a list of `Diagnostic`s, printed as ``file:line:col: message [code]`` by both

@@ -9,7 +9,7 @@ import fastjsonschema
 import jsonschema
 
 from ._errors import RequestError
-from ._loader import load_schema
+from ._yaml import load_schema
 
 __all__ = ["MESSAGES_RANGES", "RequestValidator"]
 
