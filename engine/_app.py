@@ -9,9 +9,11 @@ handler as the Anthropic envelope with the matching status.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +24,13 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ._compiler import CompiledRules
 from ._config import Settings
 from ._endpoint import bind_endpoints
 from ._errors import (
+    AuthenticationError,
     EngineError,
     NotFoundError,
     RequestError,
@@ -36,6 +40,7 @@ from ._errors import (
 )
 from ._functions import new_id
 from ._proxy import Answer, Proxy
+from ._redact import remember
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
@@ -88,15 +93,18 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     raw = await request.body()
     body = _parse(raw)
     state.messages_schema.check(body)
-    return _send(await state.proxy.messages(body, raw, request.headers))
+    answer = await state.proxy.messages(body, raw, request.headers, request_id=_request_id(request))
+    request.scope[_ANSWER] = answer  # type: ignore[literal-required]
+    return _send(answer)
 
 
 @post("/v1/messages/count_tokens", status_code=200)
 async def count_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = _state(request)
-    body = _parse(await request.body())
+    raw = await request.body()
+    body = _parse(raw)
     state.count_schema.check(body)
-    return _json_response({"input_tokens": await state.proxy.count_tokens(body)})
+    return _json_response({"input_tokens": await state.proxy.count_tokens(body, len(raw))})
 
 
 def _model_info(model_id: str) -> dict[str, Any]:
@@ -138,12 +146,72 @@ async def head_root() -> None:
     """Claude Code probes the base URL with HEAD / before it starts."""
 
 
+# --- admission ---------------------------------------------------------------------------------
+
+#: Where a request's id and its answer are kept in the ASGI scope.
+_REQUEST_ID = "ccproxy.request_id"
+_ANSWER = "ccproxy.answer"
+#: What a client-sent request id may look like before it is echoed in a header or written to a log.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+#: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
+_OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/")})
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    """The request's id: the client's ``request-id`` (or ``x-request-id``) when it is a plain token,
+    else a new one; kept in the scope so that every answer and error about the request carries it."""
+    found = request.scope.get(_REQUEST_ID)
+    if isinstance(found, str):
+        return found
+    sent = request.headers.get("request-id") or request.headers.get("x-request-id") or ""
+    request_id = sent if _VALID_REQUEST_ID.fullmatch(sent) else new_id("req_")
+    request.scope[_REQUEST_ID] = request_id  # type: ignore[literal-required]
+    return request_id
+
+
+def _authenticator(api_key: str | None) -> Callable[[Request[Any, Any, Any]], Awaitable[None]] | None:
+    """The app's before-request hook when a server key is set: the key must come as ``x-api-key`` or
+    ``Authorization: Bearer``, compared in constant time."""
+    if not api_key:
+        return None
+    expected = api_key.encode()
+
+    async def authenticate(request: Request[Any, Any, Any]) -> None:
+        if (request.method, request.scope["path"]) in _OPEN_ENDPOINTS:
+            return
+        headers = request.headers
+        bearer = headers.get("authorization", "")
+        sent = [headers.get("x-api-key", ""), bearer[7:] if bearer[:7].lower() == "bearer " else ""]
+        # every candidate is compared, so the time taken does not say which one was close
+        matches = [hmac.compare_digest(candidate.encode(), expected) for candidate in sent if candidate]
+        if not any(matches):
+            raise AuthenticationError("invalid x-api-key" if matches else
+                                      "x-api-key header is required (or Authorization: Bearer)")
+
+    return authenticate
+
+
+def _closes_answers(app: ASGIApp) -> ASGIApp:
+    """Middleware: once the response is over (sent, failed or abandoned), the answer's upstream
+    response is closed, even when its stream never started."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            answer = scope.get(_ANSWER)
+            if isinstance(answer, Answer):
+                await answer.aclose()
+
+    return middleware
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Every error a client sees, as the Anthropic envelope with the matching status."""
-    request_id = new_id("req_")
+    request_id = _request_id(request)
     if isinstance(exc, EngineError):
         if isinstance(exc, UpstreamError):
             logger.warning("%s", exc.message)
@@ -192,10 +260,15 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
             warm.cancel()
             await proxy.upstream.aclose()
 
+    for provider in settings.providers.values():
+        remember(provider.api_key)
+    remember(settings.api_key)
     return Litestar(
         route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
+        before_request=_authenticator(settings.api_key),
+        middleware=[_closes_answers],
         exception_handlers={Exception: _error_response},
         openapi_config=None,
         request_max_body_size=max_body_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -96,6 +97,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _print_diagnostics(settings.warnings)
     host = args.host or settings.host
     port = args.port or settings.port
+    if not settings.api_key and not _is_loopback(host) and not (args.allow_unauthenticated
+                                                                  or settings.allow_unauthenticated):
+        print(f"ccproxy-engine: refusing to serve on {host} without a key: anyone who can reach it could "
+              "use every configured provider key. Set server.api_key in the config (clients then send it "
+              "as x-api-key or Authorization: Bearer), serve on 127.0.0.1, or pass --allow-unauthenticated "
+              "(server.allow_unauthenticated: true) if something in front of the proxy authenticates.",
+              file=sys.stderr)
+        return 2
     from ._serve import PortInUseError, ensure_port_free, serve
 
     try:
@@ -111,6 +120,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(app, host=host, port=port, workers=args.workers, log_level=args.log_level)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccproxy-engine",
                                      description="Anthropic Messages API proxy to any model provider.")
@@ -122,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rules", action="append", default=[], metavar="PATH",
                        help="extra rule file or directory (repeatable); overrides built-ins by name")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve a non-loopback host without server.api_key (something else authenticates)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_cmd_serve)
     check = sub.add_parser("validate", help="check rule files, rule directories and config files")

@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._functions import JINJA_GLOBALS
 from ._loader import RuleSet
+from ._redact import redact
 from ._template import (
     CompileContext,
     Compiled,
@@ -153,7 +154,7 @@ class ResponseDecoder:
         error = spec.error(chunk)
         if error:
             error_type, message = self._errors.describe_inline(error, self._provider)
-            return [ErrorDelta(error_type, message)]
+            return [ErrorDelta(error_type, redact(message))]
         out: list[Delta] = []
         for part in spec.parts(chunk) or ():
             if part is None:
@@ -178,7 +179,7 @@ class ResponseDecoder:
         message = f"[{self._provider}] upstream stopped with finish reason '{raw}'"
         if isinstance(detail, str) and detail:
             message += f": {detail}"
-        return ErrorDelta("api_error", message)
+        return ErrorDelta("api_error", redact(message))
 
     def _decode_part(self, part: Any, out: list[Delta]) -> None:
         spec = self._spec

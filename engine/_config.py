@@ -220,6 +220,8 @@ class Settings:
     routes: Routes
     source: str
     warnings: list[Diagnostic] = field(default_factory=list)
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback host without `api_key` (the user opted in)."""
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None, *,
@@ -381,6 +383,7 @@ class _Loader:
             host=server.get("host", DEFAULT_HOST),
             port=server.get("port", DEFAULT_PORT),
             api_key=server.get("api_key") or None,
+            allow_unauthenticated=bool(server.get("allow_unauthenticated", False)),
             providers=providers,
             routes=self._routes(data["routes"], providers),
             source=self.source,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +27,12 @@ from ._endpoint import Endpoint, UpstreamCall
 from ._errors import (
     EngineError,
     NotFoundError,
+    RequestError,
     UpstreamConnectError,
     UpstreamStatusError,
     UpstreamTimeoutError,
     error_envelope,
 )
-from ._functions import new_id
 from ._router import Router
 from ._sse import encode_events
 from ._tokens import TokenCounter
@@ -40,15 +40,15 @@ from ._translate import StreamTranslator
 from ._types import JSONObject
 from ._upstream import UpstreamClient, UpstreamResponse
 
-__all__ = ["KEEPALIVE_SECONDS", "Answer", "Incoming", "Proxy"]
+__all__ = ["KEEPALIVE_SECONDS", "Answer", "Incoming", "Proxy", "check_model_name"]
 
 logger = logging.getLogger("ccproxy_engine")
 
 #: Send a ping when the upstream has been silent this long (long hidden reasoning).
 KEEPALIVE_SECONDS = 15.0
-#: Requests with tools or at least this many messages are counted off the event loop (a first count
-#: of a long conversation takes milliseconds; later turns hit the counter's cache).
-INLINE_COUNT_MESSAGES = 4
+#: Bodies at least this large are counted off the event loop (a first count of a long conversation
+#: takes milliseconds; later turns hit the counter's cache).
+INLINE_COUNT_BYTES = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -64,13 +64,26 @@ class Incoming:
 
 @dataclass(slots=True)
 class Answer:
-    """What the HTTP layer sends: `content`, or the byte `stream` when there is one."""
+    """What the HTTP layer sends: `content`, or the byte `stream` when there is one.
+
+    A streamed answer owns the upstream response it reads. The stream closes it however it ends; if
+    the stream never starts (the client is gone, or sending the status line failed), whoever sent the
+    answer calls `aclose` — the app does so for every answer once the response is over, so an
+    upstream connection is never left open."""
 
     headers: dict[str, str]
     status: int = 200
     media_type: str = "application/json"
     content: bytes = b""
-    stream: AsyncIterator[bytes] | None = field(default=None, repr=False)
+    stream: AsyncGenerator[bytes, None] | None = field(default=None, repr=False)
+    upstream: UpstreamResponse | None = field(default=None, repr=False)
+
+    async def aclose(self) -> None:
+        """Free the upstream response; safe to call more than once, and after the stream finished."""
+        if self.stream is not None:
+            await self.stream.aclose()
+        if self.upstream is not None and not self.upstream.is_closed:
+            await self.upstream.aclose()
 
 
 class Proxy:
@@ -91,16 +104,18 @@ class Proxy:
             raise NotFoundError(f"provider '{target.provider}' is not configured")
         return endpoint
 
-    async def messages(self, body: JSONObject, raw: bytes | None, headers: Mapping[str, str]) -> Answer:
+    async def messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], *,
+                       request_id: str) -> Answer:
         """Answer one checked ``/v1/messages`` request: route it, then try its targets in order."""
-        route = await self.router.route(body, _memo(lambda: self.count_tokens(body)))
+        route = await self.router.route(body, _memo(lambda: self.count_tokens(body, len(raw))))
         incoming = Incoming(route.body, raw if route.body is body else None,
                             {name.lower(): value for name, value in headers.items()})
         targets = route.targets
         for index, target in enumerate(targets):
-            answer_headers = {"request-id": new_id("req_"), "x-ccproxy-route": route.header(target)}
+            answer_headers = {"request-id": request_id, "x-ccproxy-route": route.header(target)}
             try:
-                return await self._forward(incoming, target, answer_headers, route.tokens)
+                check_model_name(target.model)
+                return await self._forward(incoming, target, answer_headers, route.tokens, len(raw))
             except EngineError as exc:
                 exc.headers.setdefault("x-ccproxy-route", answer_headers["x-ccproxy-route"])
                 if index + 1 == len(targets) or not _falls_back(exc):
@@ -109,9 +124,11 @@ class Proxy:
                                targets[index + 1])
         raise AssertionError("a route has at least one target")  # pragma: no cover
 
-    async def count_tokens(self, body: Mapping[str, Any]) -> int:
-        """Token count of a request; large bodies are counted in a thread so the loop stays free."""
-        if len(body.get("messages") or ()) < INLINE_COUNT_MESSAGES and not body.get("tools"):
+    async def count_tokens(self, body: Mapping[str, Any], size: int) -> int:
+        """Token count of a request of `size` bytes. Small bodies are counted inline (a thread hop costs
+        more than they do); larger ones in a thread, so the loop stays free. The counter bounds its
+        own work per request (`TokenCounter`), so a huge body cannot hold a thread for long either."""
+        if size < INLINE_COUNT_BYTES:
             return self.tokens.count_request(body)
         return await asyncio.to_thread(self.tokens.count_request, body)
 
@@ -126,7 +143,7 @@ class Proxy:
         return list(dict.fromkeys(ids))
 
     async def _forward(self, incoming: Incoming, target: RouteTarget, headers: dict[str, str],
-                       tokens: int | None) -> Answer:
+                       tokens: int | None, size: int) -> Answer:
         """Send the request to `target` and answer with its reply (or raise its mapped error)."""
         endpoint = self.endpoint(target)
         call = endpoint.prepare(incoming.body, model=target.model, client_headers=incoming.headers,
@@ -139,7 +156,7 @@ class Proxy:
             return Answer(headers, content=orjson.dumps(endpoint.message(call, raw)))
         # unless routing already counted, the input-token estimate for message_start is counted while
         # the upstream thinks
-        estimate = None if tokens is not None else asyncio.ensure_future(self.count_tokens(incoming.body))
+        estimate = None if tokens is not None else asyncio.ensure_future(self.count_tokens(incoming.body, size))
         try:
             response = await self._send(endpoint, call)
         except BaseException:
@@ -153,7 +170,8 @@ class Proxy:
                 await response.aclose()
                 raise
         events = _translate_stream(response, endpoint.events(call, tokens or 0))
-        return Answer({**headers, "cache-control": "no-cache"}, media_type="text/event-stream", stream=events)
+        return Answer({**headers, "cache-control": "no-cache"}, media_type="text/event-stream", stream=events,
+                      upstream=response)
 
     async def _pass_through(self, endpoint: Endpoint, call: UpstreamCall, headers: dict[str, str]) -> Answer:
         """An Anthropic-speaking upstream: its answer goes to the client byte for byte."""
@@ -162,7 +180,8 @@ class Proxy:
         if not call.stream:
             content = await _read_and_close(response)
             return Answer(headers, status=response.status, media_type=media_type, content=content)
-        return Answer({**headers, "cache-control": "no-cache"}, media_type=media_type, stream=_relay(response))
+        return Answer({**headers, "cache-control": "no-cache"}, media_type=media_type, stream=_relay(response),
+                      upstream=response)
 
     async def _send(self, endpoint: Endpoint, call: UpstreamCall) -> UpstreamResponse:
         """Send and wait for the status: a non-2xx answer is read, closed and raised as its mapped error."""
@@ -171,6 +190,15 @@ class Proxy:
             return response
         raw = await _read_and_close(response)
         raise endpoint.error(response.status, raw, response.headers.get("retry-after"))
+
+
+def check_model_name(model: str) -> None:
+    """Refuse a model name that could not be a model: a control character, or a ``.``/``..`` path
+    segment (escaping keeps every other character from steering an upstream URL, not these)."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in model):
+        raise RequestError("model: control characters are not allowed in a model name")
+    if any(segment in {".", ".."} for segment in model.split("/")):
+        raise RequestError(f"model: '{model}' is not a valid model name ('.' and '..' segments are not allowed)")
 
 
 def _falls_back(exc: EngineError) -> bool:
@@ -201,7 +229,7 @@ async def _read_and_close(response: UpstreamResponse) -> bytes:
         await response.aclose()
 
 
-async def _relay(response: UpstreamResponse) -> AsyncIterator[bytes]:
+async def _relay(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
     """Upstream bytes as they arrive; a failure mid-stream appends an Anthropic ``error`` event (the blank
     lines first end any record the upstream left half-written)."""
     try:
@@ -214,7 +242,8 @@ async def _relay(response: UpstreamResponse) -> AsyncIterator[bytes]:
         await response.aclose()
 
 
-async def _translate_stream(response: UpstreamResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:
+async def _translate_stream(response: UpstreamResponse,
+                            translator: StreamTranslator) -> AsyncGenerator[bytes, None]:
     """Upstream SSE bytes → Anthropic SSE bytes. Closes the upstream however the stream ends
     (finished, failed, or the client went away)."""
     try:

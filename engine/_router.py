@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from ._config import RouteTarget, Settings
 from ._errors import RouteError
@@ -59,8 +60,17 @@ class Route:
         return self.targets[0]
 
     def header(self, target: RouteTarget | None = None) -> str:
+        """The ``x-ccproxy-route`` value; always a valid header value, whatever the model is called."""
         chosen = target or self.primary
-        return f"{chosen.provider}/{chosen.model}; reason={self.reason}"
+        return header_safe(f"{chosen.provider}/{chosen.model}; reason={self.reason}")
+
+
+def header_safe(text: str) -> str:
+    """`text` as an HTTP header value: visible ASCII and spaces as they are, anything else (control
+    characters, CR/LF, non-ASCII) percent-encoded as UTF-8."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe="".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"))
 
 
 class Router:
