@@ -417,7 +417,7 @@ def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str)
 def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diagnostic]]:
     """Compile one rule set; problems come back as diagnostics (the provider is None if any is an error)."""
     data = rule_set.data
-    names = SCOPE_NAMES | frozenset(bound_names(data)) | frozenset(JINJA_GLOBALS) | {"name"}
+    names = SCOPE_NAMES | frozenset(JINJA_GLOBALS)
     ctx = CompileContext(rule_set, names)
     request = data.get("request") or {}
     passthrough = bool(data.get("passthrough", False))
@@ -429,13 +429,15 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     headers = [(name.lower(), compile_template(value, ("request", "headers", name), ctx))
                for name, value in (request.get("headers") or {}).items()]
     body = compile_template(request.get("body", {}), ("request", "body"), ctx)
-    tool_name = (compile_template(request["tool_name"], ("request", "tool_name"), ctx)
-                 if request.get("tool_name") else None)
+    tool_name = _compile_hook(request, "tool_name", "name", ctx)
     response = _compile_decoder("response", ctx)
     stream = _compile_decoder("stream", ctx, fallback="response")
     errors = _compile_errors(data.get("errors") or {}, ctx)
-    for name in data.get("templates") or {}:
-        # templates nobody uses are still checked, so a typo in one is not found by a user first
+    # templates nobody uses are still checked, so a typo in one is not found by a user first; with
+    # no call site to say what is bound, a name bound anywhere in the rule set is taken as known
+    unused = [name for name in data.get("templates") or {} if name not in ctx.named]
+    ctx.scope_names = names | frozenset(bound_names(data))
+    for name in unused:
         named_template(name, ctx)
     models = [(pattern, dict(row or {})) for pattern, row in (data.get("models") or {}).items()]
     models.sort(key=lambda item: (item[0] != "*", len(item[0].replace("*", ""))))
@@ -450,6 +452,17 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
     return (None if has_error else compiled), ctx.diagnostics
+
+
+def _compile_hook(request: dict[str, Any], key: str, argument: str, ctx: CompileContext) -> Compiled | None:
+    """A ``request`` hook such as ``tool_name``: a template that sees only `argument` and ``model``."""
+    if not request.get(key):
+        return None
+    saved, ctx.scope_names = ctx.scope_names, frozenset({argument, "model", "none", "true", "false"})
+    try:
+        return compile_template(request[key], ("request", key), ctx)
+    finally:
+        ctx.scope_names = saved
 
 
 def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Selector:

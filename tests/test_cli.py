@@ -53,7 +53,7 @@ def test_validate_a_new_rule_and_its_config(tmp_path: Path, capsys: pytest.Captu
     [
         # the 6 lines of GOOD_RULE come first; columns are 1-based, inside quotes they skip the quote
         ("request:\n  body:\n    x: \"{{ request.tools | json_encod }}\"\n", "9:9", "unknown-filter"),
-        ("request:\n  body:\n    x: \"{{ reqest.model }}\"\n", "9:9", "bad-template"),
+        ("request:\n  body:\n    x: \"{{ reqest.model }}\"\n", "9:12", "bad-template"),
         ("response:\n  finish_reason: \"choices[0].finish_reason | uper(@)\"\n", "8:46", "unknown-function"),
         ("response:\n  part:\n    text: \"choices[0\"\n", "9:21", "bad-selector"),
         ("respons:\n  text: content\n", "7:1", "unknown-key"),

@@ -978,7 +978,7 @@ def test_every_problem_in_a_rule_set_is_reported_and_only_that_set_is_left_out(t
     with pytest.raises(RuleError) as caught:
         require_compiled({"broken": broken, "good": good})
     assert len(caught.value.diagnostics) == 5
-    assert "broken.yaml:4:13: unknown variable 'modle' (did you mean 'model'?) [bad-template]" in str(caught.value)
+    assert "broken.yaml:4:16: unknown variable 'modle' (did you mean 'model'?) [bad-template]" in str(caught.value)
 
 
 def test_a_child_of_the_openai_rules_overrides_templates_and_deletes_keys(tmp_path: Path) -> None:
