@@ -71,6 +71,17 @@ def test_validate_reports_the_exact_position(tmp_path: Path, capsys: pytest.Capt
     assert err.rstrip().endswith("1 error(s)")
 
 
+def test_validate_reports_a_name_used_outside_the_scope_that_binds_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """openai.yaml binds `msg` inside its messages template; a body key of a child does not see it,
+    and at run time it would silently drop the key."""
+    rule = tmp_path / "acme.yaml"
+    rule.write_text(GOOD_RULE + "request:\n  body:\n    user: \"{{ msg.role }}\"\n")
+    exit_code, _, err = run(capsys, "validate", str(rule))
+    assert exit_code == 1
+    assert err.splitlines() == [f"{rule}:9:15: unknown variable 'msg' [bad-template]", "1 error(s)"]
+
+
 def test_validate_missing_path_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "validate", "no/such/dir")
     assert code == 1
