@@ -64,7 +64,7 @@ UPSTREAM_STATUS_MAP: dict[int, int] = {
 
 #: Names every request template can use (docs/rules.md, "What a template sees").
 SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
-                         "fail", "client_headers", "none", "true", "false"})
+                         "tool_id", "fail", "client_headers", "none", "true", "false"})
 
 
 def fail(message: str) -> None:
@@ -337,6 +337,8 @@ class CompiledRules:
     """Upstream finish reason → selector of the upstream's explanation; such an answer fails."""
     passthrough: bool = False
     """The provider speaks Anthropic Messages: bodies and answers go through byte for byte."""
+    tool_id: Compiled | None = None
+    """``request.tool_id``: a client tool-call id → the id sent upstream (given ``id`` and ``model``)."""
     _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capabilities(self, model: str) -> dict[str, Any]:
@@ -386,6 +388,7 @@ class CompiledRules:
             "provider": provider_vars,
             "stream": stream,
             "tool_name": rename,
+            "tool_id": _id_mapper(self.tool_id, model),
             "fail": fail,
             "client_headers": client_headers or {},
         }
@@ -411,6 +414,23 @@ def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str)
     return rename
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def _id_mapper(tool_id: Compiled | None, model: str) -> Callable[[Any], Any]:
+    """The ``tool_id(x)`` templates call: the rule's hook, or ids as they are. No map back is kept:
+    ids in answers are the provider's own, which the hook leaves as they are when the client sends
+    them back (``short_id`` is idempotent)."""
+    if tool_id is None:
+        return _same
+
+    def map_id(value: Any) -> Any:
+        return tool_id({"id": value, "model": model}) if isinstance(value, str) else value
+
+    return map_id
+
+
 # --- compiling ---------------------------------------------------------------------------------
 
 
@@ -430,6 +450,7 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
                for name, value in (request.get("headers") or {}).items()]
     body = compile_template(request.get("body", {}), ("request", "body"), ctx)
     tool_name = _compile_hook(request, "tool_name", "name", ctx)
+    tool_id = _compile_hook(request, "tool_id", "id", ctx)
     response = _compile_decoder("response", ctx)
     stream = _compile_decoder("stream", ctx, fallback="response")
     errors = _compile_errors(data.get("errors") or {}, ctx)
@@ -448,7 +469,7 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
         finish_reasons={str(k): str(v) for k, v in (data.get("finish_reasons") or {}).items()},
         finish_errors={str(k): _selector(data["finish_errors"], k, ("finish_errors",), ctx)
                        for k in data.get("finish_errors") or {}},
-        errors=errors, passthrough=passthrough,
+        errors=errors, passthrough=passthrough, tool_id=tool_id,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
     return (None if has_error else compiled), ctx.diagnostics
