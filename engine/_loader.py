@@ -132,11 +132,15 @@ def load_rules(extra: Iterable[Path] = (), *, include_builtin: bool = True) -> t
     sources = [BUILTIN_RULES_DIR] if include_builtin else []
     for path in rule_file_paths([*sources, *extra]):
         rule_file, problems = read_rule_file(path)
-        if rule_file is not None and is_library(path):
-            problems += _library_problems(rule_file)
         diagnostics.extend(problems)
-        if rule_file is not None and not problems:
-            (libraries if is_library(path) else files)[rule_file.name] = rule_file
+        if rule_file is None or problems:
+            continue
+        if is_library(path):
+            # keys a library cannot have are reported, and its templates still serve its importers
+            diagnostics.extend(_library_problems(rule_file))
+            libraries[rule_file.name] = rule_file
+        else:
+            files[rule_file.name] = rule_file
     resolved: dict[str, RuleSet] = {}
     for name in files:
         rule_set, problems = _resolve(name, files, resolved, (), libraries)

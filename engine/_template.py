@@ -393,16 +393,18 @@ def _check_names(ast: nodes.Node, pos: SourcePosition, offset: int, text: str, c
         ctx.unbound.update(keys)
         hint = difflib.get_close_matches(name, sorted(ctx.scope_names), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        ctx.report(where, DiagnosticCode.BAD_TEMPLATE, f"unknown variable '{name}'{suggestion}{_call_site_note(ctx)}")
+        ctx.report(where, DiagnosticCode.BAD_TEMPLATE, f"unknown variable '{name}'{suggestion}",
+                   detail=_call_site_note(ctx))
     return not unknown
 
 
-def _call_site_note(ctx: CompileContext) -> str:
-    """Inside a named template, which ``$use`` the scope came from: the fix may belong there."""
+def _call_site_note(ctx: CompileContext) -> str | None:
+    """Inside a named template, which ``$use`` the scope came from: the fix may belong there. A detail
+    line, not part of the message, so the same mistake seen from two rule sets is reported once."""
     if not ctx.call_sites:
-        return ""
+        return None
     template, site = ctx.call_sites[-1]
-    return f": not bound where template '{template}' is used at {site.path}:{site.line}:{site.col}"
+    return f"  not bound where template '{template}' is used, at {site.path}:{site.line}:{site.col}"
 
 
 def _name_position(pos: SourcePosition, text: str, offset: int, lineno: int, name: str) -> SourcePosition:

@@ -33,7 +33,7 @@ def problems(tmp_path: Path, text: str) -> list[Spot]:
     provider, found = compile_provider(rule_sets["t"])
     assert all(d.code is DiagnosticCode.BAD_TEMPLATE or d.code is DiagnosticCode.BAD_DIRECTIVE for d in found)
     assert (provider is None) == bool(found)
-    return sorted((d.line, d.col, d.message.replace(f"{tmp_path}/", "")) for d in found)
+    return sorted((d.line, d.col, d.message + (d.detail or "").replace(f"{tmp_path}/", "")) for d in found)
 
 
 def build(tmp_path: Path, text: str, **request: Any) -> Any:
@@ -117,7 +117,7 @@ def test_a_call_site_that_binds_too_little_is_named_at_the_name_in_the_template(
           inner: "{{ msg.role }}"
     """) == [
         # reported once, at the use, naming the outermost call that leaves it unbound
-        (8, 14, "unknown variable 'msg': not bound where template 'inner' is used at t.yaml:7:10"),
+        (8, 14, "unknown variable 'msg'  not bound where template 'inner' is used, at t.yaml:7:10"),
     ]
 
 
@@ -136,8 +136,8 @@ def test_a_typo_in_a_template_is_reported_once_whatever_its_callers(tmp_path: Pa
             - {$each: request.system, as: msg, do: {$use: role}}
         templates:
           role: "{{ mgs.role }}"
-    """) == [(7, 13, "unknown variable 'mgs' (did you mean 'msg'?): not bound where template 'role' is used at "
-                     "t.yaml:4:47")]
+    """) == [(7, 13, "unknown variable 'mgs' (did you mean 'msg'?)  not bound where template 'role' is used, "
+                     "at t.yaml:4:47")]
 
 
 def test_an_unused_template_is_checked_against_the_names_the_file_binds(tmp_path: Path) -> None:
