@@ -189,3 +189,10 @@ def test_jinja_statements_bind_their_own_names(tmp_path: Path) -> None:
     assert problems(tmp_path, """\
           body: "{% for m in request.messages %}{% endfor %}{{ m }}"
     """) == [(3, 17, "unknown variable 'm'")]
+
+
+def test_tool_id_sees_id_and_model_only(tmp_path: Path) -> None:
+    assert problems(tmp_path, """\
+          tool_id: "{{ id ~ model ~ name }}"
+          body: {id: "{{ tool_id('x') }}"}
+    """) == [(3, 29, "unknown variable 'name'")]
