@@ -1016,10 +1016,10 @@ def test_a_child_of_the_openai_rules_overrides_templates_and_deletes_keys(tmp_pa
 # --- request hooks: tool ids, auth header ------------------------------------------------------
 
 
-def vendor(tmp_path: Path, text: str) -> CompiledProvider:
+def vendor(tmp_path: Path, text: str) -> CompiledRules:
     path = tmp_path / "vendor.yaml"
     path.write_text("extends: openai\n" + textwrap.dedent(text), encoding="utf-8")
-    return require_providers(require_rules([path]))["vendor"]
+    return require_compiled(require_rules([path]))["vendor"]
 
 
 TOOL_TURNS = [
@@ -1042,19 +1042,19 @@ def test_tool_id_maps_every_id_sent_the_same_way(tmp_path: Path) -> None:
     assert messages[3]["content"][0] == {"type": "text", "text": "Output of tool call gpt-4.1-01A:"}
 
 
-def test_without_tool_id_ids_go_as_the_client_sent_them(openai: CompiledProvider) -> None:
+def test_without_tool_id_ids_go_as_the_client_sent_them(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, TOOL_TURNS)
     assert messages[1]["tool_calls"][0]["id"] == messages[2]["tool_call_id"] == "toolu_01A"
 
 
 def test_mistral_ids_are_short_ids_and_its_own_ids_survive_the_round_trip() -> None:
-    mistral = require_providers(require_rules())["mistral"]
+    mistral = require_compiled(require_rules())["mistral"]
     turns = [*TOOL_TURNS[:2], {"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "logo.png"}]},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "aB3dE5gH9", "name": "ls", "input": {}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "aB3dE5gH9", "content": "ok"}]}]
     messages = mistral.build_request({"max_tokens": 10, "messages": turns}, model="mistral-large-latest",
-                                     provider=PROVIDER, stream=False).body["messages"]
+                                     provider_vars=PROVIDER, stream=False).body["messages"]
     ids = [call["id"] for m in messages for call in m.get("tool_calls") or ()]
     results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
     assert ids == results == [short_id("toolu_01A", 9), "aB3dE5gH9"]

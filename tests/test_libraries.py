@@ -49,7 +49,7 @@ def test_an_imported_template_is_used_as_the_importers_own_which_wins(tmp_path: 
     assert set(rule_sets) == {"acme"}, "a library is no rule set"
     providers, problems = compile_rules(rule_sets)
     assert problems == []
-    body = providers["acme"].build_request({"model": "m1"}, model="m", provider={}, stream=False).body
+    body = providers["acme"].build_request({"model": "m1"}, model="m", provider_vars={}, stream=False).body
     assert body == {"hello": "Hello m1", "bye": "See you"}
     assert "imports" not in rule_sets["acme"].data
 

@@ -2,7 +2,7 @@
 enclosing binding form (`$each ... as`, `$let`, `$use ... with`, a named template's call site) binds
 it, never because some other part of the file binds the same name.
 
-Each rule file is written under `tmp_path` and compiled as a provider (`compile_provider`), so the
+Each rule file is written under `tmp_path` and compiled as a provider (`compile_rule_set`), so the
 scope is the one a request runs with and positions are real (line, column of the name itself).
 """
 
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ccproxy_engine._compiler import compile_provider
+from ccproxy_engine._compiler import compile_rule_set
 from ccproxy_engine._errors import DiagnosticCode
 from ccproxy_engine._loader import load_rules
 
@@ -30,7 +30,7 @@ def problems(tmp_path: Path, text: str) -> list[Spot]:
     path.write_text(HEAD + re.sub(r"^ {8}", "", text, flags=re.MULTILINE), encoding="utf-8")
     rule_sets, diagnostics = load_rules([path], include_builtin=False)
     assert diagnostics == []
-    provider, found = compile_provider(rule_sets["t"])
+    provider, found = compile_rule_set(rule_sets["t"])
     assert all(d.code is DiagnosticCode.BAD_TEMPLATE or d.code is DiagnosticCode.BAD_DIRECTIVE for d in found)
     assert (provider is None) == bool(found)
     return sorted((d.line, d.col, d.message + (d.detail or "").replace(f"{tmp_path}/", "")) for d in found)
@@ -41,9 +41,9 @@ def build(tmp_path: Path, text: str, **request: Any) -> Any:
     path = tmp_path / "t.yaml"
     path.write_text(HEAD + re.sub(r"^ {8}", "", text, flags=re.MULTILINE), encoding="utf-8")
     rule_sets, _ = load_rules([path], include_builtin=False)
-    provider, found = compile_provider(rule_sets["t"])
+    provider, found = compile_rule_set(rule_sets["t"])
     assert provider is not None, [d.format() for d in found]
-    return provider.build_request(request, model="m", provider={"name": "t"}, stream=False).body
+    return provider.build_request(request, model="m", provider_vars={"name": "t"}, stream=False).body
 
 
 def test_each_binds_its_name_in_do_and_if_only(tmp_path: Path) -> None:
