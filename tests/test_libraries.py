@@ -125,3 +125,16 @@ def test_a_rules_directory_includes_its_libraries(tmp_path: Path) -> None:
     for path in (tmp_path / "a.yaml", tmp_path / "common" / "lib.yaml"):
         write(path, "description: x\n")
     assert rule_file_paths([tmp_path]) == [tmp_path / "a.yaml", tmp_path / "common" / "lib.yaml"]
+
+
+def test_between_two_libraries_the_first_listed_wins(tmp_path: Path) -> None:
+    write(tmp_path / "common" / "greet.yaml", LIBRARY)
+    write(tmp_path / "common" / "polite.yaml", "templates:\n  greeting: Good day\n  farewell: Farewell\n")
+    write(tmp_path / "acme.yaml", IMPORTER.replace("[greet]", "[polite, greet]"))
+    rule_sets, diagnostics = load_rules([tmp_path], include_builtin=False)
+    assert diagnostics == []
+    providers, problems = compile_rules(rule_sets)
+    assert problems == []
+    body = providers["acme"].build_request({"model": "m1"}, model="m", provider_vars={}, stream=False).body
+    assert body == {"hello": "Good day", "bye": "See you"}
+    assert rule_sets["acme"].position(("templates", "greeting")).path.endswith("polite.yaml")
