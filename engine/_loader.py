@@ -12,6 +12,11 @@ value came from, so an error in an inherited value points into the parent file.
 * a key set to ``null`` in the child deletes the parent's key;
 * named templates (``templates.<name>``) and directive mappings (a mapping with a ``$`` key) are
   replaced whole, never merged, because half of one template merged into another is not a template.
+
+`imports:` (docs/rules.md, "Shared templates"): a file in a ``common/`` directory next to the rule
+files is a template library, holding only ``description`` and ``templates``; it is never a rule set.
+A rule set that imports it gets its templates, with their positions in the library, under its own
+and inherited ones.
 """
 
 from __future__ import annotations
