@@ -233,7 +233,8 @@ Selector = Callable[[Any], Any]
 def compile_jmespath(tree: dict[str, Any], functions: Any) -> Selector | None:
     """A closure evaluating a parsed JMESPath `tree` as jmespath's interpreter does, for the node types
     selectors use (fields, indexes, ``||``, ``&&``, ``!``, comparisons, literals, ``@``, pipes,
-    multi-select lists, function calls through `functions`); None when `tree` has any other node."""
+    multi-select lists and hashes, function calls through `functions`); None when `tree` has any
+    other node."""
     try:
         return _JMESPathCompiler(functions).compile(tree)
     except _Unsupported:
@@ -321,6 +322,12 @@ class _JMESPathCompiler:
     def _multi_select_list(self, node: dict[str, Any]) -> Selector:
         items = self._children(node)
         return lambda data: None if data is None else [item(data) for item in items]
+
+    def _multi_select_dict(self, node: dict[str, Any]) -> Selector:
+        # {key: expr, ...}: how a selector gives events of different shapes one shape (a call's id
+        # from one stream event and its arguments from another, say)
+        pairs = [(pair["value"], self.compile(pair["children"][0])) for pair in node["children"]]
+        return lambda data: None if data is None else {key: value(data) for key, value in pairs}
 
     def _or_expression(self, node: dict[str, Any]) -> Selector:
         left, right = self._children(node)
