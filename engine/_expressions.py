@@ -261,6 +261,12 @@ def _equals(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+def _string_literal(node: dict[str, Any]) -> str | None:
+    """The value of a string literal node (``'x'`` or `` `"x"` ``), else None."""
+    value = node.get("value")
+    return value if node["type"] == "literal" and isinstance(value, str) else None
+
+
 _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge,
 }
@@ -361,6 +367,13 @@ class _JMESPathCompiler:
     def _comparator(self, node: dict[str, Any]) -> Selector:
         left, right = self._children(node)
         op = node["value"]
+        constant = _string_literal(node["children"][1])
+        if constant is not None and op in ("eq", "ne"):
+            # `type == 'response.output_text.delta'`: a string equals only that string (no number
+            # or boolean case to keep apart), and typed streams test one per selector per event
+            if op == "eq":
+                return lambda data: left(data) == constant
+            return lambda data: left(data) != constant
         if op == "eq":
             return lambda data: _equals(left(data), right(data))
         if op == "ne":

@@ -126,6 +126,7 @@ SELECTORS = [
     "usage.prompt_tokens == `10`", "n > `0`", "n <= `0.5`", "n != `true`", "!n", "`{\"k\": [1]}`",
     "length(a)", "json_encode(a)", "integers(s)", "@",
     "{x: a, y: n}", "a.{x: k}", "n && [{i: n, t: text}]", "json_encode({k: s})",
+    "object == 'error'", "text != 'x'", "text == `\"x\"`", "'x' == text", "n == ''",
 ]
 
 
