@@ -66,6 +66,7 @@ __all__ = [
     "TypeProblem",
     "Usage",
     "check_sdk_types",
+    "check_typed",
     "chunk",
     "completion_body",
     "encode_stream",
@@ -758,8 +759,15 @@ def check_sdk_types(body: JSONObject) -> list[TypeProblem]:
         if body.get("stream") is True
         else completion_create_params.CompletionCreateParamsNonStreaming
     )
+    return check_typed(body, params)
+
+
+def check_typed(value: Any, tp: Any) -> list[TypeProblem]:
+    """Where `value` (decoded JSON) leaves the SDK type `tp` (a TypedDict, union, list, ...): unknown
+    keys, missing required keys, wrong shapes, path by path. Other fakes of OpenAI's wire formats
+    (the Responses API's) check their bodies with it too."""
     problems: list[TypeProblem] = []
-    _check_type(body, params, "", problems)
+    _check_type(value, tp, "", problems)
     return problems
 
 
