@@ -208,6 +208,12 @@ class Container:
     url: str
     env: dict[str, str]
     scratch: Path
+    installed: set[tuple[str, float]]
+    """Every file of the install, with its modification time, before the server started."""
+
+
+def files_of(directory: Path) -> set[tuple[str, float]]:
+    return {(str(path), path.stat().st_mtime) for path in directory.rglob("*") if path.is_file()}
 
 
 def container_env(bin_dir: Path, scratch: Path, port: int, upstream: str) -> dict[str, str]:
@@ -239,11 +245,12 @@ def container(clean_install: Path, upstream: tuple[FakeOpenAI, str],
     scratch = tmp_path_factory.mktemp("scratch")
     port = free_port()
     env = container_env(clean_install, scratch, port, upstream[1])
+    installed = files_of(clean_install.parent)
     process = subprocess.Popen(command, env=env, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield Container(url, env, scratch)
+        yield Container(url, env, scratch, installed)
     finally:
         output = stop(process)
     assert "Traceback" not in output, output
@@ -261,7 +268,10 @@ def test_the_entrypoint_serves_from_a_clean_install(container: Container, upstre
     checked = subprocess.run([str(clean_install / "ccproxy-engine"), "validate"], cwd=container.scratch,
                              env=container.env, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
-    assert list(container.scratch.iterdir()) == []  # the server wrote nothing: a read-only root file system serves
+    # the server wrote nothing, neither in its home and temp directory nor in its install: a read-only
+    # root file system serves
+    assert list(container.scratch.iterdir()) == []
+    assert files_of(clean_install.parent) == container.installed
 
 
 @pytest.mark.e2e
