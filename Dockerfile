@@ -20,7 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TIKTOKEN_CACHE_DIR=""
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ccproxy
+RUN groupadd --system --gid 10001 ccproxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin ccproxy
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY deploy/docker/config.yaml /etc/ccproxy-engine/config.yaml
