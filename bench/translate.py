@@ -20,11 +20,11 @@ from typing import Any
 
 import orjson
 
-from ccproxy_engine._app import RequestValidator
-from ccproxy_engine._compiler import compile_rules
+from ccproxy_engine._compiler import ResponseDecoder, compile_rules
 from ccproxy_engine._loader import load_rules
 from ccproxy_engine._sse import encode_events
 from ccproxy_engine._stream import MessageBuilder, StreamMachine
+from ccproxy_engine._validation import RequestValidator
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests/fixtures/claude-code/2.1.332-nobetas-read-write/003.json"
@@ -114,18 +114,18 @@ def main() -> None:
         def request_path(raw: bytes = raw) -> None:
             parsed = orjson.loads(raw)
             validator.check(parsed)
-            prepared = openai.build_request(parsed, model="gpt-4.1", provider=SCOPE, stream=True)
+            prepared = openai.build_request(parsed, model="gpt-4.1", provider_vars=SCOPE, stream=True)
             orjson.dumps(prepared.body)
 
         def answer_path() -> None:
             builder = MessageBuilder(provider="openai", message_id="msg_1", model="claude")
-            for delta in openai.new_decoder(stream=False).decode(orjson.loads(answer)):
+            for delta in ResponseDecoder(openai, stream=False, provider="openai").decode(orjson.loads(answer)):
                 builder.feed(delta)
             orjson.dumps(builder.build())
 
         def stream_path() -> None:
             machine = StreamMachine(provider="openai", message_id="msg_1", model="claude")
-            decoder = openai.new_decoder(stream=True)
+            decoder = ResponseDecoder(openai, stream=True, provider="openai")
             out = [encode_events(machine.start())]
             for chunk in chunks:
                 events = []
@@ -139,7 +139,7 @@ def main() -> None:
             ("baseline: orjson loads+dumps", baseline),
             ("validate (schema)", timeit(lambda parsed=parsed: validator.check(parsed), args.repeat)),
             ("build_request (rules)", timeit(lambda parsed=parsed: openai.build_request(
-                parsed, model="gpt-4.1", provider=SCOPE, stream=True), args.repeat)),
+                parsed, model="gpt-4.1", provider_vars=SCOPE, stream=True), args.repeat)),
             ("request path (parse→encode)", timeit(request_path, args.repeat)),
             ("non-stream answer → message", timeit(answer_path, args.repeat)),
             ("62-chunk stream → SSE", timeit(stream_path, args.repeat)),

@@ -6,7 +6,7 @@ move. tests/test_public_api.py pins this list.
 
 import typing as _typing
 
-from ._compiler import CompiledProvider, compile_rules
+from ._compiler import CompiledRules, compile_rules
 from ._config import ProviderSettings, Routes, RouteTarget, Settings, load_config
 from ._errors import (
     ConfigError,
@@ -40,7 +40,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), "create_app"})
 
 __all__ = [
-    "CompiledProvider",
+    "CompiledRules",
     "ConfigError",
     "Diagnostic",
     "DiagnosticCode",

@@ -3,53 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from ._compiler import CompiledProvider, compile_rules
+from ._compiler import CompiledRules, compile_rules
 from ._config import Settings, check_config, load_config
 from ._errors import ConfigError, Diagnostic, DiagnosticCode, RouteError, RuleError, SetupError
 from ._loader import BUILTIN_RULES_DIR, display_path, load_rules, rule_file_paths
 from ._router import Router
 
-#: How `serve` hands its choices to the server's worker processes, which build their own app.
-ENV_CONFIG = "CCPROXY_ENGINE_CONFIG"
-ENV_RULES = "CCPROXY_ENGINE_RULES"
-
 _CONFIG_KEYS = frozenset({"server", "providers", "routes"})
 
 
 def prepare(config: str | Path | None, rule_paths: Sequence[Path] = (),
-            env: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, CompiledProvider]]:
+            env: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, CompiledRules]]:
     """Load rules and config, compile the rules; raise one `SetupError` listing every problem."""
     rule_sets, diagnostics = load_rules(rule_paths)
-    providers, problems = compile_rules(rule_sets)
+    rules, problems = compile_rules(rule_sets)
     diagnostics += problems
     if any(d.severity == "error" for d in diagnostics):
         raise RuleError(diagnostics)
-    settings = load_config(config, env, available_rules=set(providers))
+    settings = load_config(config, env, available_rules=set(rules))
     try:
         Router(settings)  # imports routes.custom: a broken custom router stops start-up here
     except RouteError as exc:
         raise ConfigError([Diagnostic(settings.source, 1, 1, DiagnosticCode.BAD_ROUTE, exc.message)]) from exc
-    return settings, providers
-
-
-def app_from_environment() -> Any:
-    """App factory for the server's workers: reads what `serve` put in the environment."""
-    config = os.environ.get(ENV_CONFIG) or None
-    rules = [Path(p) for p in os.environ.get(ENV_RULES, "").split(os.pathsep) if p]
-    settings, providers = prepare(config, rules)
-    from ._app import create_app  # only the server's workers need the HTTP stack
-
-    return create_app(settings, providers)
+    return settings, rules
 
 
 def _print_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
@@ -104,27 +89,44 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    rule_paths = [Path(p) for p in args.rules]
     try:
-        settings, _ = prepare(args.config, rule_paths)
+        settings, rules = prepare(args.config, [Path(p) for p in args.rules])
     except SetupError as exc:
         _print_diagnostics(exc.diagnostics)
         return 1
     _print_diagnostics(settings.warnings)
     host = args.host or settings.host
     port = args.port or settings.port
-    os.environ[ENV_CONFIG] = str(Path(args.config).resolve()) if args.config else ""
-    os.environ[ENV_RULES] = os.pathsep.join(str(p.resolve()) for p in rule_paths)
+    if not settings.api_key and not _is_loopback(host) and not (args.allow_unauthenticated
+                                                                  or settings.allow_unauthenticated):
+        print(f"ccproxy-engine: refusing to serve on {host} without a key: anyone who can reach it could "
+              "use every configured provider key. Set server.api_key in the config (clients then send it "
+              "as x-api-key or Authorization: Bearer), serve on 127.0.0.1, or pass --allow-unauthenticated "
+              "(server.allow_unauthenticated: true) if something in front of the proxy authenticates.",
+              file=sys.stderr)
+        return 2
+    from ._serve import PortInUseError, ensure_port_free, serve
+
+    try:
+        ensure_port_free(host, port)
+    except PortInUseError as exc:
+        print(f"ccproxy-engine: {exc.strerror}", file=sys.stderr)
+        return 1
+    from ._app import create_app  # only a serving process needs the HTTP stack
+
+    app = create_app(settings, rules)
     print(f"ccproxy-engine serving on http://{host}:{port} (config: {settings.source}; "
           f"providers: {', '.join(settings.providers) or 'none'})", file=sys.stderr)
-    from granian import Granian
-    from granian.constants import Interfaces
+    return serve(app, host=host, port=port, workers=args.workers, log_level=args.log_level)
 
-    Granian(
-        "ccproxy_engine._cli:app_from_environment", factory=True, address=host, port=port,
-        interface=Interfaces.ASGI, workers=args.workers, log_level=args.log_level, log_access=False,
-    ).serve()
-    return 0
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rules", action="append", default=[], metavar="PATH",
                        help="extra rule file or directory (repeatable); overrides built-ins by name")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve a non-loopback host without server.api_key (something else authenticates)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_cmd_serve)
     check = sub.add_parser("validate", help="check rule files, rule directories and config files")
@@ -157,4 +161,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-__all__ = ["app_from_environment", "display_path", "main", "prepare", "validate"]
+__all__ = ["display_path", "main", "prepare", "validate"]

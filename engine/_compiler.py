@@ -1,13 +1,14 @@
-"""Rule sets → `CompiledProvider`s: the request chain, the response decoders and the error map.
+"""Rule sets → `CompiledRules`: the request chain, the response decoders and the error map.
 
-Compiling happens once, at start-up. What a request pays for is calling the closures built here:
+Compiling happens once, at start-up. Compiled rules know no configured provider (two providers may
+share one rule set); `_endpoint.Endpoint` binds them to one. What a request pays for is calling the
+closures built here:
 
-* `CompiledProvider.build_request(body, model=…, settings=…, stream=…)` runs the ``request:`` templates
+* `CompiledRules.build_request(body, model=…, provider_vars=…, stream=…)` runs the ``request:`` templates
   and returns the upstream URL, headers and body (a dict, encoded by the caller);
-* `CompiledProvider.new_decoder(stream=…)` returns a `ResponseDecoder` whose ``decode(chunk)`` turns one
-  upstream JSON value (a stream chunk, or the whole body) into normalized deltas (`_types.Delta`), by
-  the ``stream:`` or ``response:`` selectors;
-* `CompiledProvider.map_error(status, body)` turns a non-2xx answer into an `UpstreamStatusError`
+* `ResponseDecoder(rules, stream=…, provider=…)` turns one upstream JSON value (a stream chunk, or the
+  whole body) into normalized deltas (`_types.Delta`), by the ``stream:`` or ``response:`` selectors;
+* `ErrorMap.to_exception(status, body, …)` turns a non-2xx answer into an `UpstreamStatusError`
   with the Anthropic status and error type, by the ``errors:`` rules and the table of protocols.md 4.9.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,15 +30,16 @@ from ._errors import (
     UpstreamStatusError,
     error_type_for_status,
 )
-from ._functions import JINJA_GLOBALS, encode_signature
-from ._loader import KeyPath, RuleSet
+from ._functions import JINJA_GLOBALS
+from ._loader import RuleSet
+from ._redact import redact
 from ._template import (
     CompileContext,
     Compiled,
-    Selector,
     bound_names,
     compile_selector,
     compile_template,
+    compile_url,
     named_template,
 )
 from ._types import (
@@ -46,11 +47,14 @@ from ._types import (
     ErrorDelta,
     FinishDelta,
     JSONObject,
+    KeyPath,
+    Selector,
     TextDelta,
     ThinkingDelta,
     ToolCallDelta,
     UsageDelta,
 )
+from ._yaml import expand_references
 
 #: Upstream HTTP status → the status an Anthropic client expects (protocols.md 4.9).
 UPSTREAM_STATUS_MAP: dict[int, int] = {
@@ -62,8 +66,6 @@ UPSTREAM_STATUS_MAP: dict[int, int] = {
 SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
                          "fail", "client_headers", "none", "true", "false"})
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
 
 def fail(message: str) -> None:
     """Template global: refuse the request with a 400 ``invalid_request_error`` saying `message`."""
@@ -72,22 +74,10 @@ def fail(message: str) -> None:
 
 def expand_env(value: Any, env: Mapping[str, str]) -> Any:
     """``${VAR}`` / ``${VAR:-default}`` in a rule's `defaults`; an unset variable without default → None."""
-    if not isinstance(value, str) or "${" not in value:
+    if not isinstance(value, str):
         return value
-    missing = False
-
-    def substitute(match: re.Match[str]) -> str:
-        nonlocal missing
-        name, default = match.group(1), match.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        if default is not None:
-            return default
-        missing = True
-        return ""
-
-    expanded = _ENV_REFERENCE.sub(substitute, value)
-    return None if missing else expanded
+    expanded = expand_references(value, env)
+    return None if expanded.missing else expanded.text
 
 
 @dataclass(slots=True)
@@ -135,19 +125,24 @@ def _none(data: Any) -> Any:
 
 
 class ResponseDecoder:
-    """Per-response state around a `_DecoderSpec`: upstream JSON values in, normalized deltas out."""
+    """Per-response state around a `_DecoderSpec`: upstream JSON values in, normalized deltas out.
+    `provider` is the configured provider's name, which error messages carry."""
 
     __slots__ = ("_calls", "_errors", "_finish_errors", "_finish_reasons", "_provider", "_refused", "_spec")
 
-    def __init__(self, spec: _DecoderSpec, finish_reasons: Mapping[str, str],
-                 errors: ErrorMap, provider: str, finish_errors: Mapping[str, Selector] | None = None) -> None:
-        self._spec = spec
-        self._finish_reasons = finish_reasons
-        self._finish_errors = finish_errors or {}
-        self._errors = errors
+    def __init__(self, rules: CompiledRules, *, stream: bool, provider: str) -> None:
+        self._spec = rules.stream if stream else rules.response
+        self._finish_reasons = rules.finish_reasons
+        self._finish_errors = rules.finish_errors
+        self._errors = rules.errors
         self._provider = provider
         self._refused = False
         self._calls = 0
+
+    @property
+    def provider(self) -> str:
+        """The configured provider this decoder reads for (messages name it)."""
+        return self._provider
 
     @property
     def done_marker(self) -> str | None:
@@ -159,7 +154,7 @@ class ResponseDecoder:
         error = spec.error(chunk)
         if error:
             error_type, message = self._errors.describe_inline(error, self._provider)
-            return [ErrorDelta(error_type, message)]
+            return [ErrorDelta(error_type, redact(message))]
         out: list[Delta] = []
         for part in spec.parts(chunk) or ():
             if part is None:
@@ -184,7 +179,7 @@ class ResponseDecoder:
         message = f"[{self._provider}] upstream stopped with finish reason '{raw}'"
         if isinstance(detail, str) and detail:
             message += f": {detail}"
-        return ErrorDelta("api_error", message)
+        return ErrorDelta("api_error", redact(message))
 
     def _decode_part(self, part: Any, out: list[Delta]) -> None:
         spec = self._spec
@@ -240,7 +235,6 @@ def _as_int(value: Any) -> int:
 class ErrorMap:
     """The compiled ``errors:`` section."""
 
-    provider: str
     message: Selector
     type: Selector
     code: Selector
@@ -250,9 +244,9 @@ class ErrorMap:
     context_used: Selector
     context_limit: Selector
 
-    def to_exception(self, status: int, body: bytes, retry_after: str | None = None,
-                     provider: str | None = None) -> UpstreamStatusError:
-        """An upstream non-2xx answer as the error an Anthropic client would have received."""
+    def to_exception(self, status: int, body: bytes, retry_after: str | None, *,
+                     provider: str) -> UpstreamStatusError:
+        """An upstream non-2xx answer of `provider` as the error an Anthropic client would have received."""
         try:
             data = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
@@ -268,7 +262,6 @@ class ErrorMap:
         overflow = data is not None and bool(self.context_overflow(data))
         if overflow:
             anthropic_status, error_type = 400, "invalid_request_error"
-        provider = provider or self.provider
         if overflow:  # Claude Code compacts on a message that starts with this phrase
             return UpstreamStatusError(provider, self._overflow_message(data, message, provider),
                                        status=anthropic_status, error_type=error_type, upstream_status=status,
@@ -276,9 +269,8 @@ class ErrorMap:
         return UpstreamStatusError(provider, message, status=anthropic_status, error_type=error_type,
                                    upstream_status=status, retry_after=retry_after)
 
-    def describe_inline(self, error: Any, provider: str | None = None) -> tuple[str, str]:
-        """An error record inside a 200 stream → (Anthropic error type, message)."""
-        provider = provider or self.provider
+    def describe_inline(self, error: Any, provider: str) -> tuple[str, str]:
+        """An error record inside a 200 stream of `provider` → (Anthropic error type, message)."""
         wrapped = error if isinstance(error, dict) and "error" in error else {"error": error}
         message = self._message(wrapped) or (
             error if isinstance(error, str) else orjson.dumps(error).decode())
@@ -324,8 +316,9 @@ _INLINE_TYPES = {"rate_limit_exceeded": "rate_limit_error", "overloaded": "overl
 
 
 @dataclass(slots=True)
-class CompiledProvider:
-    """A provider's rules, compiled: everything a request needs from `rules/<name>.yaml`."""
+class CompiledRules:
+    """A rule set, compiled: everything a request needs from `rules/<name>.yaml`, for any provider that
+    the config binds to it (`_endpoint.Endpoint`)."""
 
     name: str
     rule_set: RuleSet
@@ -369,11 +362,12 @@ class CompiledProvider:
             return {name: item for name, item in expanded.items() if item is not None}
         return expand_env(value, env)
 
-    def build_request(self, body: JSONObject, *, model: str, provider: Mapping[str, Any],
+    def build_request(self, body: JSONObject, *, model: str, provider_vars: Mapping[str, Any],
                       stream: bool, client_headers: Mapping[str, str] | None = None) -> PreparedRequest:
-        """Run the request chain. `provider` holds name, base_url, api_key and headers (merged settings);
-        `client_headers` are the client's request headers, lower-cased (templates see them as such).
-        A passthrough provider's body is not built here: the caller forwards the client's bytes."""
+        """Run the request chain. `provider_vars` is what templates see as ``provider``: name, base_url,
+        api_key and headers (config merged over the rule's defaults); `client_headers` are the client's
+        request headers, lower-cased. A passthrough rule set builds no body: the caller forwards the
+        client's bytes."""
         tool_names: dict[str, str] = {}
         if self.tool_name is not None and not self.passthrough:
             for tool in body.get("tools") or ():
@@ -389,35 +383,18 @@ class CompiledProvider:
             "model": model,
             "client_model": body.get("model"),
             "caps": self.capabilities(model),
-            "provider": provider,
+            "provider": provider_vars,
             "stream": stream,
             "tool_name": rename,
             "fail": fail,
             "client_headers": client_headers or {},
         }
         headers = {name: str(value) for name, fn in self.headers if (value := fn(scope)) is not None}
-        for name, value in (provider.get("headers") or {}).items():
+        for name, value in (provider_vars.get("headers") or {}).items():
             headers[name.lower()] = str(value)
         upstream_body = {} if self.passthrough else self.body(scope)
         return PreparedRequest(str(self.url(scope)), headers, upstream_body,
                                {upstream: client for client, upstream in tool_names.items()})
-
-    def new_decoder(self, *, stream: bool, name: str | None = None) -> ResponseDecoder:
-        """A decoder for one answer; `name` is the configured provider's name (messages name it)."""
-        return ResponseDecoder(self.stream if stream else self.response, self.finish_reasons, self.errors,
-                               name or self.name, self.finish_errors)
-
-    def map_error(self, status: int, body: bytes, retry_after: str | None = None, *,
-                  name: str | None = None) -> UpstreamStatusError:
-        """A non-2xx answer of the provider configured as `name` (default: the rule set's name)."""
-        return self.errors.to_exception(status, body, retry_after, name)
-
-    def signer(self, model: str, *, name: str | None = None) -> Callable[[str | None], str]:
-        """Wraps an upstream reasoning signature (or none) in the engine's honest envelope, for the
-        provider configured as `name`: the same name templates see as ``provider.name``, so the
-        envelope opens (``decode_signature(sig, provider.name)``) only for that provider."""
-        owner = name or self.name
-        return lambda signature: encode_signature(owner, model, signature)
 
 
 def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str) -> Callable[[Any], Any]:
@@ -437,7 +414,7 @@ def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str)
 # --- compiling ---------------------------------------------------------------------------------
 
 
-def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[Diagnostic]]:
+def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diagnostic]]:
     """Compile one rule set; problems come back as diagnostics (the provider is None if any is an error)."""
     data = rule_set.data
     names = SCOPE_NAMES | frozenset(bound_names(data)) | frozenset(JINJA_GLOBALS) | {"name"}
@@ -448,7 +425,7 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
     for key in missing:
         pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
         ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
-    url = compile_template(request.get("url", ""), ("request", "url"), ctx)
+    url = compile_url(request.get("url", ""), ("request", "url"), ctx)
     headers = [(name.lower(), compile_template(value, ("request", "headers", name), ctx))
                for name, value in (request.get("headers") or {}).items()]
     body = compile_template(request.get("body", {}), ("request", "body"), ctx)
@@ -456,13 +433,13 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
                  if request.get("tool_name") else None)
     response = _compile_decoder("response", ctx)
     stream = _compile_decoder("stream", ctx, fallback="response")
-    errors = _compile_errors(rule_set.name, data.get("errors") or {}, ctx)
+    errors = _compile_errors(data.get("errors") or {}, ctx)
     for name in data.get("templates") or {}:
         # templates nobody uses are still checked, so a typo in one is not found by a user first
         named_template(name, ctx)
     models = [(pattern, dict(row or {})) for pattern, row in (data.get("models") or {}).items()]
     models.sort(key=lambda item: (item[0] != "*", len(item[0].replace("*", ""))))
-    provider = CompiledProvider(
+    compiled = CompiledRules(
         name=rule_set.name, rule_set=rule_set, defaults=dict(data.get("defaults") or {}), models=models,
         url=url, method=str(request.get("method", "POST")).upper(), headers=headers, body=body,
         tool_name=tool_name, response=response, stream=stream,
@@ -472,7 +449,7 @@ def compile_provider(rule_set: RuleSet) -> tuple[CompiledProvider | None, list[D
         errors=errors, passthrough=passthrough,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
-    return (None if has_error else provider), ctx.diagnostics
+    return (None if has_error else compiled), ctx.diagnostics
 
 
 def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Selector:
@@ -532,10 +509,9 @@ def _compile_decoder(name: str, ctx: CompileContext, fallback: str | None = None
     )
 
 
-def _compile_errors(provider: str, section: dict[str, Any], ctx: CompileContext) -> ErrorMap:
+def _compile_errors(section: dict[str, Any], ctx: CompileContext) -> ErrorMap:
     key_path: KeyPath = ("errors",)
     return ErrorMap(
-        provider=provider,
         message=_selector(section, "message", key_path, ctx),
         type=_selector(section, "type", key_path, ctx),
         code=_selector(section, "code", key_path, ctx),
@@ -547,24 +523,24 @@ def _compile_errors(provider: str, section: dict[str, Any], ctx: CompileContext)
     )
 
 
-def compile_rules(rule_sets: Mapping[str, RuleSet]) -> tuple[dict[str, CompiledProvider], list[Diagnostic]]:
+def compile_rules(rule_sets: Mapping[str, RuleSet]) -> tuple[dict[str, CompiledRules], list[Diagnostic]]:
     """Compile every rule set; a set with errors is left out and its diagnostics returned."""
-    providers: dict[str, CompiledProvider] = {}
+    compiled: dict[str, CompiledRules] = {}
     diagnostics: list[Diagnostic] = []
     for name, rule_set in rule_sets.items():
-        provider, problems = compile_provider(rule_set)
+        rules, problems = compile_rule_set(rule_set)
         diagnostics.extend(problems)
-        if provider is not None:
-            providers[name] = provider
+        if rules is not None:
+            compiled[name] = rules
     # a selector shared by response: and stream:, or a value a child inherits, is compiled more
     # than once; report each problem once
     unique = {(d.path, d.line, d.col, d.message): d for d in diagnostics}
-    return providers, list(unique.values())
+    return compiled, list(unique.values())
 
 
-def require_providers(rule_sets: Mapping[str, RuleSet]) -> dict[str, CompiledProvider]:
+def require_compiled(rule_sets: Mapping[str, RuleSet]) -> dict[str, CompiledRules]:
     """`compile_rules`, raising one `RuleError` with every diagnostic when any is an error."""
-    providers, diagnostics = compile_rules(rule_sets)
+    compiled, diagnostics = compile_rules(rule_sets)
     if any(d.severity == "error" for d in diagnostics):
         raise RuleError(diagnostics)
-    return providers
+    return compiled

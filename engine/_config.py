@@ -10,12 +10,10 @@ Interpolation. Every string value may hold environment references, also inside l
     base_url: "${OPENAI_BASE_URL:-https://api.openai.com/v1}"   # or this default
     headers: {X-Note: "costs $${1}"}            # $${ is a literal ${
 
-As with the shell's ``:-``, an empty variable counts as unset, and that holds for plain ``${VAR}``
-too: an empty API key is never what anyone meant. The default runs to the first ``}``; references do
-not nest, and the text that comes in from the environment is not interpolated again. A *plain*
-(unquoted) scalar that held a reference is typed afterwards the way YAML types plain text, so
-``port: ${PORT:-3456}`` is an int and ``api_key: ${KEY:-}`` is null; quote it to keep a string.
-Keys are never interpolated.
+An empty variable counts as unset, references do not nest, and keys are never interpolated
+(`_yaml.expand_references` has the details). A *plain* (unquoted) scalar that held a reference is
+typed afterwards the way YAML types plain text, so ``port: ${PORT:-3456}`` is an int and
+``api_key: ${KEY:-}`` is null; quote it to keep a string.
 
 Missing variables (a design decision). People list providers "just in case" and set their keys on
 some machines only, so a missing ``${VAR}`` (no default) is judged by where it sits:
@@ -35,23 +33,29 @@ is left. Ollama needs no key, so ``default`` always ends at ``ollama/llama3.1``.
 
 from __future__ import annotations
 
-import datetime
-import difflib
-import functools
-import json
 import os
-import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
-
-from jsonschema import Draft202012Validator, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from typing import Any
 
 from ._errors import ConfigError, Diagnostic, DiagnosticCode
+from ._types import KeyPath
+from ._yaml import (
+    Interpolation,
+    ParsedYaml,
+    Positions,
+    SourcePosition,
+    Wording,
+    did_you_mean,
+    dotted,
+    interpolate,
+    nearest_position,
+    parse_yaml,
+    read_yaml,
+    schema_diagnostics,
+    schema_path,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_YAML",
@@ -67,7 +71,11 @@ __all__ = [
 ]
 
 EMBEDDED_SOURCE = "<embedded default>"
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
+SCHEMA_NAME = "config.schema.json"
+SCHEMA_PATH = schema_path(SCHEMA_NAME)
+
+#: The config's messages name its parts in prose, and a syntax error needs no "invalid YAML" in front.
+CONFIG_WORDING = Wording(top_level="the top level", document="the config", yaml_prefix="")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3456
@@ -126,16 +134,6 @@ routes:
 _EMBEDDED_RULE_FALLBACKS = {"ollama": "openai"}
 
 _ROUTE_NAMES = ("default", "background", "think", "long_context", "web_search", "image")
-
-_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
-_NULL = re.compile(r"~|null|Null|NULL")
-_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
-_INT = re.compile(r"[-+]?[0-9]+")
-_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
-
-_Path: TypeAlias = tuple[str | int, ...]
-_Pos: TypeAlias = tuple[int, int]
-
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -222,6 +220,8 @@ class Settings:
     routes: Routes
     source: str
     warnings: list[Diagnostic] = field(default_factory=list)
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback host without `api_key` (the user opted in)."""
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None, *,
@@ -243,13 +243,6 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None, 
     return sorted(_Loader(path, env, available_rules).run()[1])
 
 
-@functools.cache
-def _validator() -> Draft202012Validator:
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
-
-
 class _Loader:
     """One load: parse, interpolate, validate, resolve providers and routes, collecting diagnostics."""
 
@@ -261,9 +254,9 @@ class _Loader:
         self.env: Mapping[str, str] = os.environ if env is None else env
         self.available_rules = None if available_rules is None else frozenset(available_rules)
         self.diagnostics: list[Diagnostic] = []
-        self.value_pos: dict[_Path, _Pos] = {}
-        self.key_pos: dict[_Path, _Pos] = {}
-        self.missing: list[tuple[_Path, str]] = []
+        self.positions: Positions = {}
+        self.key_positions: Positions = {}
+        self.missing: list[tuple[KeyPath, str]] = []
 
     def run(self) -> tuple[Settings | None, list[Diagnostic]]:
         data = self._parse()
@@ -278,171 +271,50 @@ class _Loader:
 
     # -- diagnostics -----------------------------------------------------------------------------
 
-    def _report(self, pos: _Pos, code: DiagnosticCode, message: str, severity: str = "error") -> None:
-        self.diagnostics.append(Diagnostic(self.source, pos[0], pos[1], code, message, severity))
+    def _report(self, pos: SourcePosition, code: DiagnosticCode, message: str, severity: str = "error") -> None:
+        self.diagnostics.append(Diagnostic(pos.path, pos.line, pos.col, code, message, severity))
 
-    def _pos(self, path: _Path, *, key: bool = False) -> _Pos:
-        """1-based position of the value (or key) at `path`, else of its nearest ancestor."""
-        while path:
-            found = self.key_pos.get(path) if key else self.value_pos.get(path)
-            if found is not None:
-                return found
-            path = path[:-1]
-        return (1, 1)
+    def _pos(self, path: KeyPath) -> SourcePosition:
+        """The position of the value at `path`, else of its nearest ancestor."""
+        return nearest_position(self.positions, path, self.source)
 
-    # -- parse and interpolate -------------------------------------------------------------------
+    def _key_pos(self, path: KeyPath) -> SourcePosition:
+        """The position of the key at `path`, else `_pos`'s."""
+        return self.key_positions.get(path) or self._pos(path)
+
+    # -- parse, interpolate, validate ------------------------------------------------------------
 
     def _parse(self) -> dict[str, Any] | None:
-        if self.path is None:
-            text = DEFAULT_CONFIG_YAML
-        else:
-            try:
-                text = Path(self.path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self._report((1, 1), DiagnosticCode.IO, f"cannot read config: {reason}")
-                return None
-        yaml = YAML(typ="rt")
-        yaml.preserve_quotes = True  # quoted scalars keep their type, so interpolation keeps them strings
-        try:
-            tree = yaml.load(text)
-        except MarkedYAMLError as exc:
-            self._report_yaml_error(exc)
+        parsed = self._read()
+        self.diagnostics.extend(parsed.diagnostics)
+        if parsed.diagnostics:
             return None
-        except YAMLError as exc:
-            self._report((1, 1), DiagnosticCode.YAML_SYNTAX, str(exc))
-            return None
-        if not isinstance(tree, CommentedMap):
+        if not isinstance(parsed.data, dict):
+            tree = parsed.data
             what = "empty" if tree is None else "a list" if isinstance(tree, list) else f"just {tree!r}"
-            self._report((1, 1), DiagnosticCode.SCHEMA,
+            self._report(self._pos(()), DiagnosticCode.SCHEMA,
                          f"the config is {what}; expected a mapping with 'providers' and 'routes'")
             return None
-        data: dict[str, Any] = self._plain(tree, ())
+        self.positions, self.key_positions = parsed.positions, parsed.key_positions
+        found = Interpolation()
+        data: dict[str, Any] = interpolate(parsed.data, self.positions, self.env, found)
+        self.missing = found.missing
+        for path, text in found.malformed:
+            self._report(self._pos(path), DiagnosticCode.SCHEMA,
+                         f"{dotted(path)}: malformed reference in {text!r}: write ${{NAME}} or "
+                         "${NAME:-default}, or $${ for a literal ${")
         return data
 
-    def _report_yaml_error(self, exc: MarkedYAMLError) -> None:
-        mark, context = exc.problem_mark or exc.context_mark, exc.context_mark
-        pos = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        message = str(exc.problem or exc.context or "invalid YAML")
-        if exc.problem and exc.context and context is not None:
-            message += f" ({exc.context} started at {context.line + 1}:{context.column + 1})"
-        self._report(pos, DiagnosticCode.YAML_SYNTAX, message)
-
-    def _plain(self, node: Any, path: _Path) -> Any:
-        """`node` as plain dict/list/str/int/float/bool/None, interpolated; positions recorded."""
-        if isinstance(node, CommentedMap):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                child = (*path, str(key))
-                self._record(child, node.lc, key)
-                out[str(key)] = self._plain(value, child)
-            return out
-        if isinstance(node, CommentedSeq):
-            items = []
-            for index, value in enumerate(node):
-                child = (*path, index)
-                try:
-                    line, col = node.lc.item(index)
-                    self.value_pos[child] = (line + 1, col + 1)
-                except (KeyError, IndexError, TypeError):
-                    pass
-                items.append(self._plain(value, child))
-            return items
-        if isinstance(node, str):
-            return self._interpolate(node, path)
-        if isinstance(node, bool) or node is None:
-            return node
-        if isinstance(node, int):
-            return int(node)
-        if isinstance(node, float):
-            return float(node)
-        if isinstance(node, datetime.date):  # YAML's timestamp type; the schema wants its text
-            return node.isoformat()
-        return node
-
-    def _record(self, child: _Path, lc: Any, key: Any) -> None:
-        try:
-            line, col = lc.key(key)
-            self.key_pos[child] = (line + 1, col + 1)
-            line, col = lc.value(key)
-            self.value_pos[child] = (line + 1, col + 1)
-        except (KeyError, IndexError, TypeError):  # merged (<<:) keys carry no position of their own
-            pass
-
-    def _interpolate(self, text: str, path: _Path) -> Any:
-        if "$" not in text:
-            return str(text)
-        is_plain = type(text) is str  # ruamel's quoted and block scalars are str subclasses
-        malformed = False
-
-        def substitute(match: re.Match[str]) -> str:
-            nonlocal malformed
-            name, default = match.group(1), match.group(2)
-            if match.group(0) == "$${":
-                return "${"
-            if name is None:
-                malformed = True
-                return match.group(0)
-            value = self.env.get(name)
-            if value:
-                return value
-            if default is not None:
-                return default
-            self.missing.append((path, name))
-            return ""
-
-        result = _REFERENCE.sub(substitute, text)
-        if malformed:
-            self._report(self._pos(path), DiagnosticCode.SCHEMA,
-                         f"{_dotted(path)}: malformed reference in {str(text)!r}: write ${{NAME}} or "
-                         "${NAME:-default}, or $${ for a literal ${")
-        if is_plain and result != text:
-            return _type_plain(result)
-        return str(result)
-
-    # -- schema ----------------------------------------------------------------------------------
+    def _read(self) -> ParsedYaml:
+        if self.path is None:
+            return parse_yaml(DEFAULT_CONFIG_YAML, self.source, CONFIG_WORDING)
+        return read_yaml(Path(self.path), self.source, CONFIG_WORDING)
 
     def _validate(self, data: dict[str, Any]) -> None:
-        for error in _validator().iter_errors(data):
-            self._schema_error(error)
-
-    def _schema_error(self, error: ValidationError) -> None:
-        path: _Path = tuple(error.absolute_path)
-        if any(path[: len(m)] == m for m, _ in self.missing):
-            return  # a missing variable emptied this value; the provider check reports it
-        if error.validator == "additionalProperties":
-            allowed = list(error.schema.get("properties", {}))
-            for key in error.instance:
-                if key not in allowed:
-                    where = _dotted(path) if path else "the top level"
-                    self._report(self._pos((*path, key), key=True), DiagnosticCode.UNKNOWN_KEY,
-                                 f"unknown key {key!r} in {where}{_suggest(key, allowed)}")
-        elif "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
-            rule = error.schema.get("description", error.message)
-            self._report(self._pos((*path, str(error.instance)), key=True), DiagnosticCode.SCHEMA,
-                         f"{_dotted(path)}: bad name {error.instance!r}; {rule[0].lower()}{rule[1:]}")
-        elif error.validator == "required":
-            self._report(self._pos(path, key=True), DiagnosticCode.SCHEMA,
-                         f"{_dotted(path) or 'the config'}: {error.message}")
-        elif error.validator == "anyOf":
-            self._route_error(error, path)
-        elif error.validator == "pattern":
-            examples = error.schema.get("examples") or []
-            hint = f" (for example {examples[0]!r})" if examples else ""
-            self._report(self._pos(path), DiagnosticCode.SCHEMA,
-                         f"{_dotted(path)}: {error.instance!r} does not have the expected form{hint}")
-        else:
-            self._report(self._pos(path), DiagnosticCode.SCHEMA, f"{_dotted(path)}: {error.message}")
-
-    def _route_error(self, error: ValidationError, path: _Path) -> None:
-        """A route is a string or a list; report the branch that matches the value's type."""
-        branch = 0 if isinstance(error.instance, str) else 1 if isinstance(error.instance, list) else None
-        errors = [e for e in error.context or () if e.relative_schema_path[0] == branch]
-        if branch is None or not errors:
-            self._report(self._pos(path), DiagnosticCode.SCHEMA, f"{_dotted(path)}: expected "
-                         f"provider/model or a list of them, got {error.instance!r}")
-        for sub in errors:
-            self._schema_error(sub)
+        """Schema errors, except in values a missing variable emptied: the provider check reports those."""
+        self.diagnostics.extend(schema_diagnostics(
+            data, SCHEMA_NAME, self.source, self.positions, self.key_positions, wording=CONFIG_WORDING,
+            skip=[path for path, _ in self.missing]))
 
     # -- providers and routes --------------------------------------------------------------------
 
@@ -471,7 +343,7 @@ class _Loader:
             rules = _EMBEDDED_RULE_FALLBACKS.get(rules, rules)
         return rules
 
-    def _is_enabled(self, name: str, rules: str, missing: list[tuple[_Path, str]], user: str | None) -> bool:
+    def _is_enabled(self, name: str, rules: str, missing: list[tuple[KeyPath, str]], user: str | None) -> bool:
         has_rules = self.available_rules is None or rules in self.available_rules
         if self.is_embedded or (not missing and has_rules):
             return not missing and has_rules
@@ -484,9 +356,9 @@ class _Loader:
         if not has_rules:
             known = sorted(self.available_rules or ())
             where = ("providers", name, "rules")
-            pos = self._pos(where) if where in self.value_pos else self._pos(where[:2], key=True)
+            pos = self._pos(where) if where in self.positions else self._key_pos(where[:2])
             self._report(pos, DiagnosticCode.UNKNOWN_RULES,
-                         f"rule set {rules!r} does not exist{_suggest(rules, known)}; {consequence}",
+                         f"rule set {rules!r} does not exist{did_you_mean(rules, known)}; {consequence}",
                          severity)
         return False
 
@@ -499,8 +371,8 @@ class _Loader:
             if provider in configured or self.is_embedded:
                 continue
             self._report(self._pos(path), DiagnosticCode.BAD_ROUTE,
-                         f"{_dotted(path)}: {text!r} names provider {provider!r}, which is not configured"
-                         f"{_suggest(provider, configured) or listing}")
+                         f"{dotted(path)}: {text!r} names provider {provider!r}, which is not configured"
+                         f"{did_you_mean(provider, configured) or listing}")
 
     # -- build -----------------------------------------------------------------------------------
 
@@ -511,6 +383,7 @@ class _Loader:
             host=server.get("host", DEFAULT_HOST),
             port=server.get("port", DEFAULT_PORT),
             api_key=server.get("api_key") or None,
+            allow_unauthenticated=bool(server.get("allow_unauthenticated", False)),
             providers=providers,
             routes=self._routes(data["routes"], providers),
             source=self.source,
@@ -556,7 +429,7 @@ def _provider(name: str, rules: str, raw: dict[str, Any]) -> ProviderSettings:
     )
 
 
-def _route_texts(routes: Any) -> Iterator[tuple[_Path, str]]:
+def _route_texts(routes: Any) -> Iterator[tuple[KeyPath, str]]:
     """Every ``provider/model`` string in `routes` with its path; tolerates a malformed shape."""
     if not isinstance(routes, dict):
         return
@@ -568,7 +441,7 @@ def _route_texts(routes: Any) -> Iterator[tuple[_Path, str]]:
             yield from _target_texts(("routes", name), value)
 
 
-def _target_texts(path: _Path, value: Any) -> Iterator[tuple[_Path, str]]:
+def _target_texts(path: KeyPath, value: Any) -> Iterator[tuple[KeyPath, str]]:
     if isinstance(value, str) and "/" in value:
         yield path, value
     elif isinstance(value, list):
@@ -581,30 +454,5 @@ def _route_users(routes: Any) -> dict[str, str]:
     """Provider name → the first route (dotted) that names it."""
     users: dict[str, str] = {}
     for path, text in _route_texts(routes):
-        users.setdefault(text.partition("/")[0], _dotted(path))
+        users.setdefault(text.partition("/")[0], dotted(path))
     return users
-
-
-def _type_plain(text: str) -> Any:
-    """Type `text` the way YAML 1.2 types a plain scalar: null, bool, int, float or str."""
-    if not text or _NULL.fullmatch(text):
-        return None
-    if text in _BOOL:
-        return _BOOL[text]
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    return text
-
-
-def _dotted(path: _Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else part
-    return out
-
-
-def _suggest(word: str, choices: Collection[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""

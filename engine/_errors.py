@@ -4,17 +4,19 @@ Hierarchy (bases match how callers catch, leaves match what happened)::
 
     EngineError                     anything with an Anthropic status and error type
     ├── RequestError                the client's request is invalid (400 invalid_request_error)
+    ├── AuthenticationError         the server key is missing or wrong (401 authentication_error)
     ├── NotFoundError               unknown path or model (404 not_found_error)
     ├── RouteError                  no provider can serve the request (400 invalid_request_error)
     ├── RuleRuntimeError            a compiled rule failed on one request (500 api_error)
-    ├── UpstreamError               the provider failed; each names the provider
-    │   ├── UpstreamStatusError     it answered non-2xx (status and type mapped by its rules)
-    │   ├── UpstreamTimeoutError    it did not answer in time (504 timeout_error)
-    │   ├── UpstreamConnectError    it could not be reached (502 api_error)
-    │   └── UpstreamProtocolError   it answered something we cannot read (502 api_error)
-    └── SetupError                  config or rules are broken; raised at start-up, never per request
-        ├── ConfigError
-        └── RuleError
+    └── UpstreamError               the provider failed; each names the provider
+        ├── UpstreamStatusError     it answered non-2xx (status and type mapped by its rules)
+        ├── UpstreamTimeoutError    it did not answer in time (504 timeout_error)
+        ├── UpstreamConnectError    it could not be reached (502 api_error)
+        └── UpstreamProtocolError   it answered something we cannot read (502 api_error)
+
+    SetupError                      config or rules are broken; raised at start-up, never per request,
+    ├── ConfigError                 so no client sees it (a plain Exception, not an EngineError)
+    └── RuleError
 
 `SetupError`s carry a list of `Diagnostic`s, printed as ``file:line:col: message [code]`` by both
 ``validate`` and ``serve``.
@@ -25,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from ._redact import redact
 
 #: HTTP status → Anthropic error type (protocols.md 1.9). Statuses not listed fall back by class.
 STATUS_ERROR_TYPES: dict[int, str] = {
@@ -79,6 +83,12 @@ class RequestError(EngineError):
     status = 400
 
 
+class AuthenticationError(EngineError):
+    """Raised when the proxy has a server key and the request did not send it."""
+
+    status = 401
+
+
 class NotFoundError(EngineError):
     """Raised for an unknown path, model or provider."""
 
@@ -102,13 +112,15 @@ class UpstreamError(EngineError):
 
     The message is shown as ``[provider] message``; pass ``named=True`` when `message` already
     names the provider where it must (``prompt is too long: … ([openai] …)`` keeps the phrase Claude
-    Code looks for at the start)."""
+    Code looks for at the start). Upstream text can echo credentials, so the message is redacted
+    (`_redact.redact`) before anyone can show or log it."""
 
     status = 502
 
     def __init__(self, provider: str, message: str, *, status: int | None = None,
                  error_type: str | None = None, named: bool = False) -> None:
-        super().__init__(message if named else f"[{provider}] {message}", status=status, error_type=error_type)
+        message = redact(message if named else f"[{provider}] {message}")
+        super().__init__(message, status=status, error_type=error_type)
         self.provider = provider
 
 

@@ -23,8 +23,9 @@ from typing import Any
 from jinja2 import Environment, nodes
 from jinja2.nodes import EvalContext
 
-Scope = dict[str, Any]
-Native = Callable[[Scope], Any]
+from ._types import Scope, Selector, Transformer
+
+Native = Transformer
 
 _BINARY: dict[type[nodes.BinExpr], Callable[[Any, Any], Any]] = {
     nodes.Add: operator.add, nodes.Sub: operator.sub, nodes.Mul: operator.mul, nodes.Div: operator.truediv,
@@ -227,7 +228,6 @@ _MISSING = object()
 # --- JMESPath ------------------------------------------------------------------------------------
 
 
-Selector = Callable[[Any], Any]
 
 
 def compile_jmespath(tree: dict[str, Any], functions: Any) -> Selector | None:

@@ -35,7 +35,7 @@ import jmespath
 import orjson
 from jmespath import exceptions, functions
 
-from ._types import JSON
+from ._types import JSON, IdSource
 
 ID_LENGTH = 24
 """Random characters after the prefix in `new_id` (Anthropic's `toolu_` ids use 24 base62 chars)."""
@@ -68,7 +68,6 @@ _ALNUM = re.compile(r"[A-Za-z0-9]+")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-IdSource = Callable[[int], str]
 """Returns that many characters from the base62 alphabet."""
 
 

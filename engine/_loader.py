@@ -1,10 +1,9 @@
-"""Rule files: YAML with positions, schema check, and `extends:` merging.
+"""Rule files: reading each one, and `extends:` merging them into rule sets.
 
-A rule file is read with ruamel.yaml and turned into plain Python values (dict, list, str, int, float,
-bool, None) so that JMESPath and Jinja see ordinary types. Positions are not lost: every value and
-every key gets a `SourcePosition`, stored in a table keyed by the value's path in the document
-(``("request", "body", "messages", 0)``). After merging, the table still says which file each value
-came from, so an error in an inherited value points into the parent file.
+A rule file is read by `_yaml` into plain Python values plus the position of every value and key,
+and checked against `schemas/rule.schema.json`. The position tables are keyed by each value's path in
+the document (``("request", "body", "messages", 0)``); after merging they still say which file each
+value came from, so an error in an inherited value points into the parent file.
 
 `extends:` semantics (also in docs/rules.md):
 
@@ -17,56 +16,42 @@ came from, so an error in an inherited value points into the parent file.
 
 from __future__ import annotations
 
-import difflib
-import json
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # no stubs in the dev environment
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.scalarstring import (
-    DoubleQuotedScalarString,
-    FoldedScalarString,
-    LiteralScalarString,
-    SingleQuotedScalarString,
+from ._errors import Diagnostic, DiagnosticCode, RuleError
+from ._types import KeyPath
+from ._yaml import (
+    Positions,
+    SourcePosition,
+    did_you_mean,
+    display_path,
+    load_schema,
+    nearest_position,
+    read_yaml,
+    schema_diagnostics,
 )
 
-from ._errors import Diagnostic, DiagnosticCode, RuleError
+# KeyPath, SourcePosition and display_path belong to this module's API (RuleSet and the messages
+# speak of them); load_schema and read_yaml are re-exported for callers that import them from here
+__all__ = [
+    "BUILTIN_RULES_DIR",
+    "KeyPath",
+    "RuleFile",
+    "RuleSet",
+    "SourcePosition",
+    "display_path",
+    "load_rules",
+    "load_schema",
+    "read_rule_file",
+    "read_yaml",
+    "require_rules",
+    "rule_file_paths",
+]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-BUILTIN_RULES_DIR = PACKAGE_DIR / "rules"
-SCHEMAS_DIR = PACKAGE_DIR / "schemas"
-
-KeyPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """Where a value starts in its file (1-based). `quote` is 1 when the scalar is quoted, so a column
-    inside the scalar's text is ``col + quote + offset``; `block` is set for ``|`` and ``>`` scalars,
-    whose text starts on the next line, at column `text_col` (the block's indentation + 1)."""
-
-    path: str
-    line: int
-    col: int
-    quote: int = 0
-    block: bool = False
-    text_col: int = 0
-
-    def shifted(self, line_offset: int = 0, col_offset: int = 0) -> SourcePosition:
-        """The position of a character inside this scalar: `line_offset` lines down (0 = same line)."""
-        if self.block:
-            return SourcePosition(self.path, self.line + 1 + line_offset,
-                                  (self.text_col or self.col) + col_offset)
-        if line_offset:
-            return SourcePosition(self.path, self.line + line_offset, 1 + col_offset)
-        return SourcePosition(self.path, self.line, self.col + self.quote + col_offset)
+BUILTIN_RULES_DIR = Path(__file__).resolve().parent / "rules"
 
 
 @dataclass(slots=True)
@@ -76,96 +61,17 @@ class RuleSet:
     name: str
     path: str
     data: dict[str, Any]
-    positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
-    key_positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
+    positions: Positions = field(default_factory=dict)
+    key_positions: Positions = field(default_factory=dict)
     lineage: tuple[str, ...] = ()
 
     def position(self, key_path: KeyPath) -> SourcePosition:
         """The position of the value at `key_path`, or of its nearest ancestor that has one."""
-        probe = key_path
-        while probe:
-            if probe in self.positions:
-                return self.positions[probe]
-            probe = probe[:-1]
-        return SourcePosition(self.path, 1, 1)
+        return nearest_position(self.positions, key_path, self.path)
 
     def key_position(self, key_path: KeyPath) -> SourcePosition:
+        """The position of the key at `key_path`; for a list item or a missing key, `position`'s."""
         return self.key_positions.get(key_path) or self.position(key_path)
-
-
-@cache
-def load_schema(name: str) -> dict[str, Any]:
-    """A JSON Schema shipped in `schemas/`, parsed once."""
-    with (SCHEMAS_DIR / name).open("rb") as handle:
-        schema: dict[str, Any] = json.load(handle)
-    return schema
-
-
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    return yaml
-
-
-@dataclass(slots=True)
-class _Source:
-    """One parsed file: its shown path and lines, and the position tables `_plain` fills."""
-
-    path: str
-    lines: list[str]
-    positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
-    key_positions: dict[KeyPath, SourcePosition] = field(default_factory=dict)
-
-    def scalar_position(self, value: Any, line: int, col: int) -> SourcePosition:
-        """The position of `value` from ruamel's 0-based `line` and `col`."""
-        quote = 1 if isinstance(value, DoubleQuotedScalarString | SingleQuotedScalarString) else 0
-        if not isinstance(value, LiteralScalarString | FoldedScalarString):
-            return SourcePosition(self.path, line + 1, col + 1, quote)
-        # ruamel marks the `|` indicator; the text starts on the next line, at the block's
-        # indentation, which only the source shows (its first non-blank line)
-        text_col = col + 1
-        if value.strip():
-            first = next((text for text in self.lines[line + 1:] if text.strip()), "")
-            text_col = len(first) - len(first.lstrip(" ")) + 1
-        return SourcePosition(self.path, line + 1, col + 1, quote, True, text_col)
-
-
-def _key_text(key: Any) -> str:
-    """A mapping key as a string, spelled as YAML and JSON spell it (``true``, not ``True``)."""
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    return "null" if key is None else str(key)
-
-
-def _plain(node: Any, key_path: KeyPath, source: _Source) -> Any:
-    """Convert a ruamel node to plain Python values, recording the position of every child."""
-    if isinstance(node, CommentedMap):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            child = (*key_path, _key_text(key))
-            kline, kcol = node.lc.key(key)
-            vline, vcol = node.lc.value(key)
-            source.key_positions[child] = SourcePosition(source.path, kline + 1, kcol + 1)
-            source.positions[child] = source.scalar_position(value, vline, vcol)
-            out[_key_text(key)] = _plain(value, child, source)
-        return out
-    if isinstance(node, CommentedSeq):
-        items: list[Any] = []
-        for index, value in enumerate(node):
-            child = (*key_path, index)
-            line, col = node.lc.item(index)
-            source.positions[child] = source.scalar_position(value, line, col)
-            items.append(_plain(value, child, source))
-        return items
-    if isinstance(node, str):
-        return str(node)
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    return node
 
 
 @dataclass(slots=True)
@@ -175,110 +81,16 @@ class RuleFile:
     name: str
     path: str
     data: dict[str, Any]
-    positions: dict[KeyPath, SourcePosition]
-    key_positions: dict[KeyPath, SourcePosition]
-
-
-def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, SourcePosition], dict[KeyPath, SourcePosition],
-                                   list[Diagnostic]]:
-    """Parse a YAML file into plain data plus position tables; syntax errors become diagnostics."""
-    shown = display_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, {}, {}, [Diagnostic(shown, 1, 1, DiagnosticCode.IO, f"cannot read file: {exc.strerror}")]
-    try:
-        node = _yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = f"invalid YAML: {exc.problem or exc.context}"
-        return None, {}, {}, [Diagnostic(shown, line, col, DiagnosticCode.YAML_SYNTAX, message)]
-    source = _Source(shown, text.split("\n"))
-    data = _plain(node, (), source)
-    return data, source.positions, source.key_positions, []
-
-
-def display_path(path: Path) -> str:
-    """A path as users should see it in messages: relative to the working directory when possible."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def schema_diagnostics(data: Any, schema_name: str, shown_path: str,
-                       positions: dict[KeyPath, SourcePosition],
-                       key_positions: dict[KeyPath, SourcePosition]) -> list[Diagnostic]:
-    """Every JSON-Schema violation in `data`, each at the position of the offending value or key."""
-    schema = load_schema(schema_name)
-    validator = jsonschema.Draft202012Validator(schema)
-    diagnostics: list[Diagnostic] = []
-    for error in validator.iter_errors(data):
-        diagnostics.extend(_describe_schema_error(error, shown_path, positions, key_positions))
-    return diagnostics
-
-
-def _describe_schema_error(error: jsonschema.ValidationError, shown_path: str,
-                           positions: dict[KeyPath, SourcePosition],
-                           key_positions: dict[KeyPath, SourcePosition]) -> Iterator[Diagnostic]:
-    key_path: KeyPath = tuple(error.absolute_path)
-    where = ".".join(str(part) for part in key_path) or "(top level)"
-    branch = _matching_branch(error)
-    if branch:
-        for sub in branch:
-            yield from _describe_schema_error(sub, shown_path, positions, key_positions)
-        return
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
-        for key in error.instance:
-            if key in allowed or _matches_pattern(error.schema, key):
-                continue
-            pos = key_positions.get((*key_path, key)) or _nearest(positions, key_path, shown_path)
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            yield Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.UNKNOWN_KEY,
-                             f"unknown key '{key}' in {where}{suggestion}")
-        return
-    pos = _nearest(positions, key_path, shown_path)
-    yield Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.SCHEMA, f"{where}: {error.message}")
-
-
-def _matching_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    """For an ``anyOf``/``oneOf`` failure, the errors of the one alternative of the value's own type.
-
-    A capability row is "a mapping or null"; for a mapping with a typo, "matches none of the given
-    schemas" at the row hides what the alternative that applies says (which key, which value).
-    """
-    if error.validator not in ("anyOf", "oneOf") or not error.context:
-        return []
-    branches: dict[Any, list[jsonschema.ValidationError]] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    applicable = [subs for subs in branches.values()
-                  if not any(sub.validator == "type" and not sub.relative_path for sub in subs)]
-    return applicable[0] if len(applicable) == 1 else []
-
-
-def _matches_pattern(schema: dict[str, Any], key: str) -> bool:
-    return any(re.search(pattern, key) for pattern in schema.get("patternProperties", {}))
-
-
-def _nearest(positions: dict[KeyPath, SourcePosition], key_path: KeyPath, shown_path: str) -> SourcePosition:
-    probe = key_path
-    while probe:
-        if probe in positions:
-            return positions[probe]
-        probe = probe[:-1]
-    return SourcePosition(shown_path, 1, 1)
+    positions: Positions
+    key_positions: Positions
 
 
 def read_rule_file(path: Path) -> tuple[RuleFile | None, list[Diagnostic]]:
     """Load and schema-check one rule file; the rule set is named after the file's stem."""
-    data, positions, key_positions, diagnostics = read_yaml(path)
+    shown = display_path(path)
+    data, positions, key_positions, diagnostics = read_yaml(path, shown)
     if diagnostics:
         return None, diagnostics
-    shown = display_path(path)
     if not isinstance(data, dict):
         return None, [Diagnostic(shown, 1, 1, DiagnosticCode.SCHEMA, "a rule file must be a mapping")]
     diagnostics = schema_diagnostics(data, "rule.schema.json", shown, positions, key_positions)
@@ -346,8 +158,7 @@ def _resolve(name: str, files: dict[str, RuleFile], done: dict[str, RuleSet],
         return None, [Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.BAD_EXTENDS,
                                  f"'extends' makes a cycle: {cycle}")]
     if parent_name not in files:
-        hint = difflib.get_close_matches(parent_name, list(files), n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(files))}"
+        suggestion = did_you_mean(parent_name, files) or f"; known: {', '.join(sorted(files))}"
         return None, [Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.BAD_EXTENDS,
                                  f"'extends' names unknown rules '{parent_name}'{suggestion}")]
     parent, problems = _resolve(parent_name, files, done, (*chain, name))

@@ -27,12 +27,14 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from ._config import RouteTarget, Settings
 from ._errors import RouteError
+from ._types import TokenCount
 
 logger = logging.getLogger("ccproxy_engine.router")
 
@@ -40,7 +42,6 @@ SUBAGENT_TAG = re.compile(r"<CCPROXY-SUBAGENT-MODEL>\s*([^<]*?)\s*</CCPROXY-SUBA
 #: How many user messages, from the first, are searched for a subagent tag.
 TAGGED_USER_MESSAGES = 2
 
-TokenCount = Callable[[], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,17 @@ class Route:
         return self.targets[0]
 
     def header(self, target: RouteTarget | None = None) -> str:
+        """The ``x-ccproxy-route`` value; always a valid header value, whatever the model is called."""
         chosen = target or self.primary
-        return f"{chosen.provider}/{chosen.model}; reason={self.reason}"
+        return header_safe(f"{chosen.provider}/{chosen.model}; reason={self.reason}")
+
+
+def header_safe(text: str) -> str:
+    """`text` as an HTTP header value: visible ASCII and spaces as they are, anything else (control
+    characters, CR/LF, non-ASCII) percent-encoded as UTF-8."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe="".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"))
 
 
 class Router:

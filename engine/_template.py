@@ -22,6 +22,7 @@ import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import jmespath
 from jinja2 import ChainableUndefined, Environment, TemplateSyntaxError, Undefined, meta, nodes
@@ -33,11 +34,10 @@ from jmespath.visitor import TreeInterpreter
 from ._errors import Diagnostic, DiagnosticCode, EngineError, RuleRuntimeError
 from ._expressions import compile_jmespath, compile_native, compile_native_text
 from ._functions import JINJA_FILTERS, JMESPATH_OPTIONS, EngineFunctions
-from ._loader import KeyPath, RuleSet, SourcePosition
+from ._loader import RuleSet, SourcePosition
+from ._types import KeyPath, Scope, Selector, Transformer
 
-Scope = dict[str, Any]
-Compiled = Callable[[Scope], Any]
-Selector = Callable[[Any], Any]
+Compiled = Transformer
 
 DIRECTIVES = ("$each", "$if", "$switch", "$let", "$use", "$select", "$merge", "$flatten")
 DIRECTIVE_KEYS: dict[str, frozenset[str]] = {
@@ -233,6 +233,71 @@ def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
         return _fail_at_runtime(pos)
     render = template.render
     return _guard(render, pos, text)
+
+
+def compile_url(text: Any, key_path: KeyPath, ctx: CompileContext) -> Compiled:
+    """Compile a URL template. Each ``{{ }}`` value is percent-encoded as one path segment, so a
+    request value (a model name with ``/``, ``#`` or ``?``) can never steer the URL, and a rule author
+    cannot forget to escape it. Left as written: the provider's own settings (``provider.base_url``
+    and the rest of ``provider``) and values that can only be the rule's own literals
+    (``{{ 'a' if stream else 'b' }}``)."""
+    pos = ctx.position(key_path)
+    if not isinstance(text, str):
+        ctx.report(pos, DiagnosticCode.BAD_TEMPLATE, "request.url must be a string template")
+        return _fail_at_runtime(pos)
+    try:
+        ast = _parse_text(text)
+    except TemplateError as exc:
+        _report_jinja(exc, pos, 0, text, ctx)
+        return _fail_at_runtime(pos)
+    if not _check_names(ast, pos, 0, text, ctx):
+        return _fail_at_runtime(pos)
+    outputs: list[nodes.Expr] | None = [] if not ast.body else None
+    if len(ast.body) == 1 and isinstance(ast.body[0], nodes.Output):
+        outputs = ast.body[0].nodes
+    parts: list[str | tuple[Compiled, bool]] = []
+    for node in outputs if outputs is not None else ():
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+            continue
+        native = compile_native(node, ENVIRONMENT)
+        if native is None:
+            outputs = None
+            break
+        parts.append((_defined(native), _is_literal(node) or _is_provider_setting(node)))
+    if outputs is None:
+        ctx.report(pos, DiagnosticCode.BAD_TEMPLATE,
+                   "request.url takes text and {{ expressions }} only (no {% %} blocks, filters or calls "
+                   "that the engine cannot escape value by value)")
+        return _fail_at_runtime(pos)
+
+    def render(scope: Scope) -> str:
+        out: list[str] = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value, trusted = part
+            piece = str(_empty_for_none(value(scope)))
+            out.append(piece if trusted else quote(piece, safe=""))
+        return "".join(out)
+
+    return _guard(render, pos, text)
+
+
+def _is_literal(node: nodes.Expr) -> bool:
+    """Whether every value `node` can take is a literal written in the rule."""
+    if isinstance(node, nodes.Const):
+        return True
+    if isinstance(node, nodes.CondExpr):
+        return node.expr2 is not None and _is_literal(node.expr1) and _is_literal(node.expr2)
+    return False
+
+
+def _is_provider_setting(node: nodes.Expr) -> bool:
+    """``provider.<key>``: a value of the provider's own configuration, never of a request."""
+    return (isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name)
+            and node.node.name == "provider")
 
 
 def _plain_path(expr: nodes.Expr) -> tuple[str, tuple[str | int, ...]] | None:

@@ -26,6 +26,13 @@ What is counted:
   compact JSON of its ``input_schema`` (a tool without a schema counts its whole JSON).
 * any other block type: its compact JSON.
 
+Bounded work: encoding costs time in proportion to the text (more for long runs without spaces, which
+BPE merges piece by piece), so one request may not buy unbounded work. Runs of `LONG_RUN_CHARS` or
+more non-space characters (base64 blobs, minified code, pathological input) are estimated at
+`LONG_RUN_CHARS_PER_TOKEN`; and a request encodes at most `EXACT_CHARS_PER_REQUEST` characters of
+new (uncached) text, estimating the rest at `ESTIMATE_CHARS_PER_TOKEN`. Both estimates err high, and
+both only matter far beyond any model's context window.
+
 Caching: a client such as Claude Code resends the whole conversation every turn, so each piece of
 text is counted once and remembered in a bounded LRU keyed by the text's hash; a repeated turn costs
 in proportion to its new content. The key is the text counted, not the block's bytes, so the
@@ -36,6 +43,8 @@ hashes; a collision (about 1 in 10^12 for a full cache) would only skew one esti
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -56,6 +65,14 @@ PDF_BYTES_PER_TOKEN = 20
 PDF_MIN_TOKENS = 1500
 TOOLS_PROMPT_TOKENS = 346
 TOOL_TOKENS = 8
+LONG_RUN_CHARS = 1000
+LONG_RUN_CHARS_PER_TOKEN = 1.4
+"""Random base64 encodes at about 1.4 characters a token, the densest common run; others are sparser."""
+EXACT_CHARS_PER_REQUEST = 1_000_000
+ESTIMATE_CHARS_PER_TOKEN = 3.0
+"""English prose is about 4 characters a token with cl100k; 3 errs high."""
+
+_LONG_RUN = re.compile(rf"\S{{{LONG_RUN_CHARS},}}")
 
 
 class TokenizerUnavailableError(RuntimeError):
@@ -114,6 +131,15 @@ class _LRU:
         return len(self._data)
 
 
+class _Budget:
+    """How many characters one request may still encode exactly."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+
+
 class TokenCounter:
     """Counts the input tokens of Anthropic request bodies, caching per text piece and per tool.
 
@@ -139,16 +165,17 @@ class TokenCounter:
 
     def count_request(self, body: Mapping[str, Any]) -> int:
         """Estimated input tokens of a Messages (or count_tokens) request body; see the module doc."""
+        budget = _Budget(EXACT_CHARS_PER_REQUEST)
         total = REQUEST_TOKENS
         system = body.get("system")
         if system:
-            total += MESSAGE_TOKENS + self._content(system)
+            total += MESSAGE_TOKENS + self._content(system, budget)
         for message in body.get("messages") or ():
             if isinstance(message, dict):
-                total += MESSAGE_TOKENS + self._content(message.get("content"))
+                total += MESSAGE_TOKENS + self._content(message.get("content"), budget)
         tools = body.get("tools")
         if tools:
-            total += TOOLS_PROMPT_TOKENS + sum(self._tool(tool) for tool in tools if isinstance(tool, dict))
+            total += TOOLS_PROMPT_TOKENS + sum(self._tool(tool, budget) for tool in tools if isinstance(tool, dict))
         return total
 
     def cache_info(self) -> CacheInfo:
@@ -171,64 +198,81 @@ class TokenCounter:
                 encoding = self._encoding
         return len(encoding.encode_ordinary(text))
 
-    def _text(self, text: JSON) -> int:
+    def _bounded_len(self, text: str, budget: _Budget) -> int:
+        """Tokens of `text`, encoding at most what `budget` allows and no long run (module doc)."""
+        if len(text) > budget.remaining:
+            return math.ceil(len(text) / ESTIMATE_CHARS_PER_TOKEN)
+        budget.remaining -= len(text)
+        if len(text) < LONG_RUN_CHARS or _LONG_RUN.search(text) is None:
+            return self._encode_len(text)
+        runs = 0
+        rest: list[str] = []
+        start = 0
+        for match in _LONG_RUN.finditer(text):
+            rest.append(text[start:match.start()])
+            runs += math.ceil((match.end() - match.start()) / LONG_RUN_CHARS_PER_TOKEN)
+            start = match.end()
+        rest.append(text[start:])
+        return runs + self._encode_len(" ".join(rest))
+
+    def _text(self, text: JSON, budget: _Budget) -> int:
         if not isinstance(text, str) or not text:
             return 0
         key = hash(text)
         count = self._texts.get(key)
         if count is None:
-            count = self._encode_len(text)
+            count = self._bounded_len(text, budget)
             self._texts.put(key, count)
         return count
 
-    def _content(self, content: JSON) -> int:
+    def _content(self, content: JSON, budget: _Budget) -> int:
         if isinstance(content, str):
-            return self._text(content)
+            return self._text(content, budget)
         if isinstance(content, list):
-            return sum(self._block(block) for block in content if isinstance(block, dict))
+            return sum(self._block(block, budget) for block in content if isinstance(block, dict))
         return 0
 
-    def _block(self, block: dict[str, Any]) -> int:
+    def _block(self, block: dict[str, Any], budget: _Budget) -> int:
         kind = block.get("type")
         if kind == "text":
-            return self._text(block.get("text"))
+            return self._text(block.get("text"), budget)
         if kind == "thinking":
-            return self._text(block.get("thinking"))
+            return self._text(block.get("thinking"), budget)
         if kind == "redacted_thinking":
             return 0
         if kind == "image":
             return IMAGE_TOKENS
         if kind == "tool_use":
             arguments = orjson.dumps(block.get("input")).decode("utf-8")
-            return self._text(f"{block.get('id', '')} {block.get('name', '')} {arguments}")
+            return self._text(f"{block.get('id', '')} {block.get('name', '')} {arguments}", budget)
         if kind == "tool_result":
-            return self._text(block.get("tool_use_id")) + self._content(block.get("content"))
+            return self._text(block.get("tool_use_id"), budget) + self._content(block.get("content"), budget)
         if kind == "document":
-            return self._document(block)
-        return self._text(orjson.dumps(block).decode("utf-8"))
+            return self._document(block, budget)
+        return self._text(orjson.dumps(block).decode("utf-8"), budget)
 
-    def _document(self, block: dict[str, Any]) -> int:
-        total = self._text(block.get("title")) + self._text(block.get("context"))
+    def _document(self, block: dict[str, Any], budget: _Budget) -> int:
+        total = self._text(block.get("title"), budget) + self._text(block.get("context"), budget)
         source = block.get("source")
         if not isinstance(source, dict):
             return total
         kind = source.get("type")
         if kind == "text":
-            return total + self._text(source.get("data"))
+            return total + self._text(source.get("data"), budget)
         if kind == "content":
-            return total + self._content(source.get("content"))
+            return total + self._content(source.get("content"), budget)
         data = source.get("data")
         if kind == "base64" and isinstance(data, str):
             return total + max(PDF_MIN_TOKENS, len(data) * 3 // 4 // PDF_BYTES_PER_TOKEN)
         return total + PDF_MIN_TOKENS
 
-    def _tool(self, tool: dict[str, Any]) -> int:
+    def _tool(self, tool: dict[str, Any], budget: _Budget) -> int:
         key = hash(orjson.dumps(tool, option=orjson.OPT_SORT_KEYS))
         count = self._tools.get(key)
         if count is None:
             schema = tool.get("input_schema")
             schema_json = orjson.dumps(tool if schema is None else schema).decode("utf-8")
             text = f"{tool.get('name', '')}\n{tool.get('description') or ''}\n{schema_json}"
-            count = TOOL_TOKENS + self._encode_len(text)
+            count = TOOL_TOKENS + self._bounded_len(text, budget)
             self._tools.put(key, count)
         return count

@@ -1,7 +1,7 @@
-"""Upstream answers → Anthropic answers: a provider's compiled decoder feeding the delta consumers.
+"""Upstream answers → Anthropic answers: a provider's decoder feeding the delta consumers.
 
-The HTTP app runs this for every answer, and the rule-case runner (tests/rules/) runs the very same
-code on scripted answers, so what a case checks is what a request gets.
+`_endpoint.Endpoint` runs this for every answer (the rule-case runner in tests/rules/ drives the same
+endpoint on scripted answers, so what a case checks is what a request gets).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 
 import orjson
 
-from ._compiler import CompiledProvider
+from ._compiler import ResponseDecoder
 from ._errors import EngineError, UpstreamProtocolError
 from ._sse import SSEDecoder
 from ._stream import MessageBuilder, StreamMachine
@@ -19,16 +19,13 @@ from ._types import JSONObject, SSEEvent
 logger = logging.getLogger("ccproxy_engine")
 
 
-def translate_message(provider: CompiledProvider, raw: bytes, builder: MessageBuilder, *,
-                      name: str | None = None) -> JSONObject:
-    """A whole upstream answer (JSON bytes) → the Anthropic message; raises `EngineError`s.
-    `name` is the configured provider's name, used in messages (default: the rule set's name)."""
-    name = name or provider.name
+def translate_message(decoder: ResponseDecoder, raw: bytes, builder: MessageBuilder) -> JSONObject:
+    """A whole upstream answer (JSON bytes) → the Anthropic message; raises `EngineError`s."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(name, f"answer is not JSON: {raw[:200]!r}") from None
-    for delta in provider.new_decoder(stream=False, name=name).decode(answer):
+        raise UpstreamProtocolError(decoder.provider, f"answer is not JSON: {raw[:200]!r}") from None
+    for delta in decoder.decode(answer):
         builder.feed(delta)
     return builder.build()
 
@@ -42,9 +39,9 @@ class StreamTranslator:
 
     __slots__ = ("_decoder", "_done_marker", "_machine", "_provider", "_sse")
 
-    def __init__(self, provider: CompiledProvider, machine: StreamMachine, *, name: str | None = None) -> None:
-        self._provider = name or provider.name
-        self._decoder = provider.new_decoder(stream=True, name=self._provider)
+    def __init__(self, decoder: ResponseDecoder, machine: StreamMachine) -> None:
+        self._provider = decoder.provider
+        self._decoder = decoder
         self._done_marker = self._decoder.done_marker
         self._machine = machine
         self._sse = SSEDecoder()

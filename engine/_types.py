@@ -1,4 +1,4 @@
-"""Type aliases and the normalized delta vocabulary shared by every stage.
+"""Every type alias of the engine, and the normalized delta vocabulary shared by every stage.
 
 A provider's compiled rules turn each upstream chunk (streamed) or body (not streamed) into a list of
 *normalized deltas*. Two consumers read them: `StreamMachine` (Anthropic SSE events) and
@@ -8,7 +8,7 @@ keeps provider differences in `rules/`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -17,8 +17,23 @@ JSON: TypeAlias = Any
 
 JSONObject: TypeAlias = dict[str, Any]
 
-Transformer: TypeAlias = Callable[[JSONObject], Any]
+Scope: TypeAlias = dict[str, Any]
+"""The names a compiled template sees while it runs (``request``, ``model``, ``provider``, ...)."""
+
+Transformer: TypeAlias = Callable[[Scope], Any]
 """A compiled rule fragment: takes the evaluation scope, returns a native value."""
+
+Selector: TypeAlias = Callable[[Any], Any]
+"""A compiled JMESPath selector: takes a JSON value, returns what the expression selects (or None)."""
+
+KeyPath: TypeAlias = tuple[str | int, ...]
+"""Where a value sits in a YAML document or a JSON body: mapping keys and list indices from the top."""
+
+TokenCount: TypeAlias = Callable[[], Awaitable[int]]
+"""A request's token count, computed on first await and shared by everything that asks."""
+
+IdSource: TypeAlias = Callable[[int], str]
+"""Random id text of a given length (swapped for a deterministic source in tests)."""
 
 SSEEvent: TypeAlias = tuple[str, JSONObject]
 """An Anthropic stream event as (event name, data payload); `_sse.encode_event` makes bytes of it."""

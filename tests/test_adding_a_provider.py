@@ -12,9 +12,9 @@ from ruamel.yaml import YAML
 
 from ccproxy_engine._cli import main, validate
 from ccproxy_engine._compiler import compile_rules
+from ccproxy_engine._config import ProviderSettings
+from ccproxy_engine._endpoint import Endpoint
 from ccproxy_engine._loader import load_rules
-from ccproxy_engine._stream import MessageBuilder
-from ccproxy_engine._translate import translate_message
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "adding-a-provider.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -66,17 +66,18 @@ def test_the_rule_case_holds(tmp_path: Path) -> None:
     rule_sets, problems = load_rules([tmp_path / "together.yaml"])
     providers, more = compile_rules(rule_sets)
     assert [d for d in (*problems, *more) if d.severity == "error"] == []
-    together = providers["together"]
+    settings = ProviderSettings(name="together", rules="together", base_url="https://api.together.test/v1",
+                                api_key="sk-test")
+    together = Endpoint(settings, providers["together"], env={})
     [case] = YAML(typ="safe").load(CASE)
     body = {"model": "claude-sonnet-4-5", **case["request"]}
-    scope = {"name": "together", "base_url": "https://api.together.test/v1", "api_key": "sk-test", "headers": {}}
-    prepared = together.build_request(body, model=case["model"], provider=scope, stream=False)
-    assert prepared.url == "https://api.together.test/v1/chat/completions"
-    assert prepared.body["model"] == case["expect_upstream"]["model"]
-    assert prepared.body["max_tokens"] == case["expect_upstream"]["max_tokens"] == 8192
-    assert "max_completion_tokens" not in prepared.body
-    builder = MessageBuilder(provider="together", message_id="msg_1", model="claude-sonnet-4-5")
-    answer = translate_message(together, orjson.dumps(case["upstream_reply"]["body"]), builder)
+    call = together.prepare(body, model=case["model"])
+    assert call.request.url == "https://api.together.test/v1/chat/completions"
+    assert call.body is not None
+    assert call.body["model"] == case["expect_upstream"]["model"]
+    assert call.body["max_tokens"] == case["expect_upstream"]["max_tokens"] == 8192
+    assert "max_completion_tokens" not in call.body
+    answer = together.message(call, orjson.dumps(case["upstream_reply"]["body"]))
     assert answer["content"] == case["expect_anthropic"]["content"]
     assert answer["stop_reason"] == case["expect_anthropic"]["stop_reason"]
 

@@ -110,3 +110,44 @@ def test_serve_refuses_a_custom_router_it_cannot_import(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     assert serve.returncode == 1
     assert "no_such_router_mod:route" in serve.stderr and "[bad-route]" in serve.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "proxy.example.test"])
+def test_serve_refuses_a_public_host_without_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   host: str) -> None:
+    config = tmp_path / "my.yaml"
+    config.write_text("providers:\n  openai: {api_key: k}\nroutes:\n  default: openai/gpt-4.1\n")
+    code, _, err = run(capsys, "serve", "--config", str(config), "--host", host)
+    assert code == 2
+    assert f"refusing to serve on {host} without a key" in err
+    assert "server.api_key" in err and "--allow-unauthenticated" in err
+
+
+@pytest.mark.parametrize(("extra_config", "flags"), [
+    ("server: {api_key: a-server-key}\n", []),
+    ("server: {allow_unauthenticated: true}\n", []),
+    ("", ["--allow-unauthenticated"]),
+], ids=["key", "config-opt-in", "flag-opt-in"])
+def test_serve_takes_a_public_host_with_a_key_or_an_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           extra_config: str, flags: list[str]) -> None:
+    from ccproxy_engine import _serve
+
+    config = tmp_path / "my.yaml"
+    config.write_text("providers:\n  openai: {api_key: k}\nroutes:\n  default: openai/gpt-4.1\n" + extra_config)
+    served: list[tuple[str, int]] = []
+    monkeypatch.setattr(_serve, "ensure_port_free", lambda host, port: None)
+    monkeypatch.setattr(_serve, "serve", lambda app, *, host, port, **_: served.append((host, port)) or 0)
+    assert main(["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "3999", *flags]) == 0
+    assert served == [("0.0.0.0", 3999)]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.3.4.5"])
+def test_serve_takes_a_loopback_host_without_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   host: str) -> None:
+    from ccproxy_engine import _serve
+
+    config = tmp_path / "my.yaml"
+    config.write_text("providers:\n  openai: {api_key: k}\nroutes:\n  default: openai/gpt-4.1\n")
+    monkeypatch.setattr(_serve, "ensure_port_free", lambda host, port: None)
+    monkeypatch.setattr(_serve, "serve", lambda app, **_: 0)
+    assert main(["serve", "--config", str(config), "--host", host]) == 0

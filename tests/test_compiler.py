@@ -23,14 +23,15 @@ from openai.types.chat import completion_create_params
 from pydantic import TypeAdapter
 
 from ccproxy_engine._compiler import (
-    CompiledProvider,
-    ErrorMap,
+    CompiledRules,
     PreparedRequest,
     ResponseDecoder,
     compile_rules,
     expand_env,
-    require_providers,
+    require_compiled,
 )
+from ccproxy_engine._config import ProviderSettings
+from ccproxy_engine._endpoint import Endpoint
 from ccproxy_engine._errors import DiagnosticCode, RequestError, RuleError, UpstreamStatusError
 from ccproxy_engine._functions import decode_signature, short_name
 from ccproxy_engine._loader import BUILTIN_RULES_DIR, RuleSet, load_rules, require_rules
@@ -52,9 +53,14 @@ ANTHROPIC_ONLY = ("system", "stop_sequences", "thinking", "metadata", "top_k", "
                   "output_config", "service_tier", "container", "mcp_servers", "inference_geo")
 
 
+def bound(rules: CompiledRules, name: str | None = None) -> Endpoint:
+    """`rules` bound to a provider configured as `name` (default: the rule set's own name)."""
+    return Endpoint(ProviderSettings(name=name or rules.name, rules=rules.name, base_url=None), rules, env={})
+
+
 @pytest.fixture(scope="module")
-def openai() -> CompiledProvider:
-    return require_providers(require_rules())["openai"]
+def openai() -> CompiledRules:
+    return require_compiled(require_rules())["openai"]
 
 
 # --- checking bodies against the openai SDK ------------------------------------------------------
@@ -164,18 +170,18 @@ def test_the_type_check_catches_unknown_keys_and_bad_values() -> None:
 # --- building requests ---------------------------------------------------------------------------
 
 
-def build(provider: CompiledProvider, model: str = "gpt-4.1", stream: bool = False,
+def build(provider: CompiledRules, model: str = "gpt-4.1", stream: bool = False,
           **request: Any) -> PreparedRequest:
     body = {"model": CLIENT_MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": "Hi"}],
             **request}
-    prepared = provider.build_request(body, model=model, provider=PROVIDER, stream=stream)
+    prepared = provider.build_request(body, model=model, provider_vars=PROVIDER, stream=stream)
     check_openai_types(prepared.body)
     # the body must survive the codec the app uses
     assert orjson.loads(orjson.dumps(prepared.body)) == prepared.body
     return prepared
 
 
-def upstream_messages(provider: CompiledProvider, messages: list[Any], **request: Any) -> list[Any]:
+def upstream_messages(provider: CompiledRules, messages: list[Any], **request: Any) -> list[Any]:
     result: list[Any] = build(provider, messages=messages, **request).body["messages"]
     return result
 
@@ -188,10 +194,10 @@ def test_every_shipped_rule_file_compiles_without_diagnostics() -> None:
     assert set(providers) == {path.stem for path in BUILTIN_RULES_DIR.glob("*.yaml")}
 
 
-def test_url_headers_and_model(openai: CompiledProvider) -> None:
+def test_url_headers_and_model(openai: CompiledRules) -> None:
     provider = {**PROVIDER, "base_url": "http://localhost:9/v1", "headers": {"X-Org": "acme", "OpenAI-Beta": 1}}
     prepared = openai.build_request({"model": CLIENT_MODEL, "max_tokens": 10, "messages": []},
-                                    model="gpt-4.1-mini", provider=provider, stream=False)
+                                    model="gpt-4.1-mini", provider_vars=provider, stream=False)
     assert prepared.url == "http://localhost:9/v1/chat/completions"
     assert prepared.headers == {"authorization": "Bearer sk-test", "x-org": "acme", "openai-beta": "1"}
     assert prepared.body["model"] == "gpt-4.1-mini"
@@ -199,20 +205,20 @@ def test_url_headers_and_model(openai: CompiledProvider) -> None:
     assert openai.method == "POST"
 
 
-def test_a_plain_request(openai: CompiledProvider) -> None:
+def test_a_plain_request(openai: CompiledRules) -> None:
     body = build(openai).body
     assert body == {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1024,
                     "stream": False}
 
 
-def test_stream_adds_include_usage(openai: CompiledProvider) -> None:
+def test_stream_adds_include_usage(openai: CompiledRules) -> None:
     body = build(openai, stream=True).body
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert "stream_options" not in build(openai, stream=False).body
 
 
-def test_anthropic_only_keys_never_reach_the_body(openai: CompiledProvider) -> None:
+def test_anthropic_only_keys_never_reach_the_body(openai: CompiledRules) -> None:
     for model in ("gpt-4.1", "o3"):
         body = build(
             openai, model=model, system="s", stop_sequences=["x"], temperature=0.2, top_k=5,
@@ -227,12 +233,12 @@ def test_anthropic_only_keys_never_reach_the_body(openai: CompiledProvider) -> N
 # --- system and messages -------------------------------------------------------------------------
 
 
-def test_system_string(openai: CompiledProvider) -> None:
+def test_system_string(openai: CompiledRules) -> None:
     assert upstream_messages(openai, [{"role": "user", "content": "Hi"}], system="Be terse.") == [
         {"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
 
 
-def test_system_blocks_are_joined_and_the_billing_header_dropped(openai: CompiledProvider) -> None:
+def test_system_blocks_are_joined_and_the_billing_header_dropped(openai: CompiledRules) -> None:
     system = [
         {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1; cc_entrypoint=cli;"},
         {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
@@ -244,7 +250,7 @@ def test_system_blocks_are_joined_and_the_billing_header_dropped(openai: Compile
     assert only_billing == [{"role": "user", "content": "Hi"}]
 
 
-def test_system_role_messages_stay_in_place(openai: CompiledProvider) -> None:
+def test_system_role_messages_stay_in_place(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, [
         {"role": "user", "content": "Hi"},
         {"role": "system", "content": [{"type": "text", "text": "Now"}, {"type": "text", "text": "French."}]},
@@ -258,14 +264,14 @@ def test_system_role_messages_stay_in_place(openai: CompiledProvider) -> None:
     ]
 
 
-def test_user_text_string_and_all_text_blocks_become_a_string(openai: CompiledProvider) -> None:
+def test_user_text_string_and_all_text_blocks_become_a_string(openai: CompiledRules) -> None:
     blocks = [{"type": "text", "text": "One."},
               {"type": "text", "text": "Two.", "cache_control": {"type": "ephemeral"}}]
     assert upstream_messages(openai, [{"role": "user", "content": blocks}]) == [
         {"role": "user", "content": "One.\n\nTwo."}]
 
 
-def test_images_become_image_url_parts(openai: CompiledProvider) -> None:
+def test_images_become_image_url_parts(openai: CompiledRules) -> None:
     content = [
         {"type": "text", "text": "Compare"},
         {"type": "image", "source": PNG},
@@ -278,20 +284,20 @@ def test_images_become_image_url_parts(openai: CompiledProvider) -> None:
     ]}]
 
 
-def test_images_are_refused_for_a_model_without_vision(openai: CompiledProvider) -> None:
+def test_images_are_refused_for_a_model_without_vision(openai: CompiledRules) -> None:
     content = [{"type": "image", "source": PNG}]
     with pytest.raises(RequestError, match=r"^model gpt-3\.5-turbo does not accept images$") as caught:
         build(openai, model="gpt-3.5-turbo", messages=[{"role": "user", "content": content}])
     assert caught.value.status == 400
 
 
-def test_image_file_sources_are_refused(openai: CompiledProvider) -> None:
+def test_image_file_sources_are_refused(openai: CompiledRules) -> None:
     content = [{"type": "image", "source": {"type": "file", "file_id": "file_1"}}]
     with pytest.raises(RequestError, match="image source type file cannot be sent to openai"):
         build(openai, messages=[{"role": "user", "content": content}])
 
 
-def test_documents(openai: CompiledProvider) -> None:
+def test_documents(openai: CompiledRules) -> None:
     pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"},
            "title": "report.pdf"}
     text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Body"},
@@ -303,14 +309,14 @@ def test_documents(openai: CompiledProvider) -> None:
     ]
 
 
-def test_unknown_roles_and_blocks_are_refused(openai: CompiledProvider) -> None:
+def test_unknown_roles_and_blocks_are_refused(openai: CompiledRules) -> None:
     with pytest.raises(RequestError, match=r"^messages: unknown role robot$"):
         build(openai, messages=[{"role": "robot", "content": "Hi"}])
     with pytest.raises(RequestError, match=r"^content block type hologram cannot be sent to openai$"):
         build(openai, messages=[{"role": "user", "content": [{"type": "hologram"}]}])
 
 
-def test_tool_use_becomes_tool_calls_with_json_arguments(openai: CompiledProvider) -> None:
+def test_tool_use_becomes_tool_calls_with_json_arguments(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, [
         {"role": "user", "content": "Read it"},
         {"role": "assistant", "content": [
@@ -336,7 +342,7 @@ def test_tool_use_becomes_tool_calls_with_json_arguments(openai: CompiledProvide
     ]
 
 
-def test_thinking_only_assistant_turn_keeps_an_empty_content(openai: CompiledProvider) -> None:
+def test_thinking_only_assistant_turn_keeps_an_empty_content(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}]},
@@ -345,12 +351,12 @@ def test_thinking_only_assistant_turn_keeps_an_empty_content(openai: CompiledPro
     assert messages[1] == {"role": "assistant", "content": ""}
 
 
-def test_a_final_assistant_message_is_refused(openai: CompiledProvider) -> None:
+def test_a_final_assistant_message_is_refused(openai: CompiledRules) -> None:
     with pytest.raises(RequestError, match="prefill"):
         build(openai, messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Sure,"}])
 
 
-def test_tool_results_become_tool_messages_first(openai: CompiledProvider) -> None:
+def test_tool_results_become_tool_messages_first(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, [
         {"role": "user", "content": "Go"},
         {"role": "assistant", "content": [
@@ -374,7 +380,7 @@ def test_tool_results_become_tool_messages_first(openai: CompiledProvider) -> No
     ]
 
 
-def test_images_in_tool_results_move_to_a_user_message(openai: CompiledProvider) -> None:
+def test_images_in_tool_results_move_to_a_user_message(openai: CompiledRules) -> None:
     messages = upstream_messages(openai, [
         {"role": "user", "content": "Shoot"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "shot", "name": "screenshot", "input": {}},
@@ -399,7 +405,7 @@ def test_images_in_tool_results_move_to_a_user_message(openai: CompiledProvider)
 # --- tools ---------------------------------------------------------------------------------------
 
 
-def test_tools_keep_only_what_openai_knows(openai: CompiledProvider) -> None:
+def test_tools_keep_only_what_openai_knows(openai: CompiledRules) -> None:
     schema = {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "type": "object",
@@ -434,13 +440,13 @@ def test_tools_keep_only_what_openai_knows(openai: CompiledProvider) -> None:
     assert "$schema" in tools[0]["input_schema"], "the client's request is not modified"
 
 
-def test_builtin_anthropic_tools_are_refused(openai: CompiledProvider) -> None:
+def test_builtin_anthropic_tools_are_refused(openai: CompiledRules) -> None:
     tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
     with pytest.raises(RequestError, match="web_search is an Anthropic built-in tool"):
         build(openai, tools=tools)
 
 
-def test_long_tool_names_are_shortened_everywhere_and_mapped_back(openai: CompiledProvider) -> None:
+def test_long_tool_names_are_shortened_everywhere_and_mapped_back(openai: CompiledRules) -> None:
     short = short_name(LONG_NAME, 64)
     assert len(LONG_NAME) > 64 and len(short) <= 64 and re.fullmatch(r"[a-zA-Z0-9_-]+", short)
     prepared = build(
@@ -470,7 +476,7 @@ def test_long_tool_names_are_shortened_everywhere_and_mapped_back(openai: Compil
         ({"type": "tool", "name": "Read"}, {"type": "function", "function": {"name": "Read"}}),
     ],
 )
-def test_tool_choice(openai: CompiledProvider, tool_choice: dict[str, Any], expected: Any) -> None:
+def test_tool_choice(openai: CompiledRules, tool_choice: dict[str, Any], expected: Any) -> None:
     tools = [{"name": "Read", "input_schema": {"type": "object"}}]
     body = build(openai, tools=tools, tool_choice=tool_choice).body
     assert body["tool_choice"] == expected
@@ -480,7 +486,7 @@ def test_tool_choice(openai: CompiledProvider, tool_choice: dict[str, Any], expe
     assert parallel_off["tool_choice"] == expected
 
 
-def test_no_tools_means_no_tool_choice(openai: CompiledProvider) -> None:
+def test_no_tools_means_no_tool_choice(openai: CompiledRules) -> None:
     body = build(openai, tool_choice={"type": "any", "disable_parallel_tool_use": True}).body
     assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(body)
     assert "tool_choice" not in build(openai, tools=[{"name": "Read", "input_schema": {"type": "object"}}]).body
@@ -489,7 +495,7 @@ def test_no_tools_means_no_tool_choice(openai: CompiledProvider) -> None:
 # --- sampling, limits, reasoning -----------------------------------------------------------------
 
 
-def test_sampling_parameters_by_model(openai: CompiledProvider) -> None:
+def test_sampling_parameters_by_model(openai: CompiledRules) -> None:
     sampling = {"temperature": 0, "top_p": 0.9, "stop_sequences": ["a", "b", "c", "d", "e"]}
     body = build(openai, model="gpt-4.1", **sampling).body
     assert (body["temperature"], body["top_p"], body["stop"]) == (0, 0.9, ["a", "b", "c", "d"])
@@ -509,7 +515,7 @@ def test_sampling_parameters_by_model(openai: CompiledProvider) -> None:
         ("gpt-5-mini", 200_000, {"max_completion_tokens": 128_000}),
     ],
 )
-def test_max_tokens_is_clamped_to_the_model(openai: CompiledProvider, model: str, max_tokens: int,
+def test_max_tokens_is_clamped_to_the_model(openai: CompiledRules, model: str, max_tokens: int,
                                             expected: dict[str, int]) -> None:
     body = build(openai, model=model, max_tokens=max_tokens).body
     assert {key: body[key] for key in ("max_tokens", "max_completion_tokens") if key in body} == expected
@@ -531,14 +537,14 @@ def test_max_tokens_is_clamped_to_the_model(openai: CompiledProvider, model: str
         ({"output_config": {"format": {"type": "json_schema", "schema": {}}}}, None),
     ],
 )
-def test_reasoning_effort_for_reasoning_models_only(openai: CompiledProvider, request_fields: dict[str, Any],
+def test_reasoning_effort_for_reasoning_models_only(openai: CompiledRules, request_fields: dict[str, Any],
                                                     effort: str | None) -> None:
     body = build(openai, model="o3", max_tokens=20_000, **request_fields).body
     assert body.get("reasoning_effort") == effort
     assert "reasoning_effort" not in build(openai, model="gpt-4.1", max_tokens=20_000, **request_fields).body
 
 
-def test_metadata_user_id_becomes_user(openai: CompiledProvider) -> None:
+def test_metadata_user_id_becomes_user(openai: CompiledRules) -> None:
     assert build(openai, metadata={"user_id": "user_42"}).body["user"] == "user_42"
     long_id = "user_" + "a" * 70 + "_account_x_session_y"
     user = build(openai, metadata={"user_id": long_id}).body["user"]
@@ -564,7 +570,7 @@ BASE_CAPS = {"context": 128000, "max_output": 16384, "tools": True, "vision": Tr
                         "sampling": False}),
     ],
 )
-def test_capabilities_merge_star_then_matching_globs(openai: CompiledProvider, model: str,
+def test_capabilities_merge_star_then_matching_globs(openai: CompiledRules, model: str,
                                                      expected: dict[str, Any]) -> None:
     assert openai.capabilities(model) == expected
     assert openai.capabilities(model) == expected, "cached answers are the same"
@@ -626,7 +632,7 @@ def test_expand_env(value: Any, env: dict[str, str], expected: Any) -> None:
     assert expand_env(value, env) == expected
 
 
-def test_defaults_expand_the_environment(openai: CompiledProvider) -> None:
+def test_defaults_expand_the_environment(openai: CompiledRules) -> None:
     assert openai.default("api_key", {"OPENAI_API_KEY": "sk-env"}) == "sk-env"
     assert openai.default("api_key", {}) is None
     assert openai.default("base_url", {}) == "https://api.openai.com/v1"
@@ -647,8 +653,8 @@ def test_default_headers_expand_the_environment_value_by_value(tmp_path: Path) -
     assert provider.default("headers", {}) == {"HTTP-Referer": "https://example.com", "X-Static": "fixed"}
 
 
-def test_signer_wraps_signatures_for_this_provider(openai: CompiledProvider) -> None:
-    sign = openai.signer("o3")
+def test_signer_wraps_signatures_for_this_provider(openai: CompiledRules) -> None:
+    sign = bound(openai).signer("o3")
     assert decode_signature(sign("opaque"), "openai") == "opaque"
     assert decode_signature(sign("opaque"), "gemini") is None
     assert sign(None).startswith("ccpx1.")
@@ -657,7 +663,7 @@ def test_signer_wraps_signatures_for_this_provider(openai: CompiledProvider) -> 
 # --- decoding answers ----------------------------------------------------------------------------
 
 
-def test_decode_a_whole_answer(openai: CompiledProvider) -> None:
+def test_decode_a_whole_answer(openai: CompiledRules) -> None:
     answer = {
         "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4.1",
         "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
@@ -669,7 +675,7 @@ def test_decode_a_whole_answer(openai: CompiledProvider) -> None:
         "usage": {"prompt_tokens": 120, "completion_tokens": 30,
                   "prompt_tokens_details": {"cached_tokens": 100}},
     }
-    decoder = openai.new_decoder(stream=False)
+    decoder = bound(openai).decoder(stream=False)
     assert isinstance(decoder, ResponseDecoder)
     assert decoder.done_marker is None
     assert decoder.decode(answer) == [
@@ -683,8 +689,8 @@ def test_decode_a_whole_answer(openai: CompiledProvider) -> None:
     ]
 
 
-def test_decode_a_stream(openai: CompiledProvider) -> None:
-    decoder = openai.new_decoder(stream=True)
+def test_decode_a_stream(openai: CompiledRules) -> None:
+    decoder = bound(openai).decoder(stream=True)
     assert decoder.done_marker == "[DONE]"
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -731,9 +737,9 @@ def test_decode_a_stream(openai: CompiledProvider) -> None:
         ({"error": "plain text error"}, ErrorDelta("api_error", "[openai] plain text error")),
     ],
 )
-def test_errors_inside_a_stream_become_error_deltas(openai: CompiledProvider, error: dict[str, Any],
+def test_errors_inside_a_stream_become_error_deltas(openai: CompiledRules, error: dict[str, Any],
                                                      expected: ErrorDelta) -> None:
-    decoder = openai.new_decoder(stream=True)
+    decoder = bound(openai).decoder(stream=True)
     assert decoder.decode({"choices": [{"index": 0, "delta": {"content": "a"}}]}) == [TextDelta("a")]
     assert decoder.decode(error) == [expected]
 
@@ -743,23 +749,23 @@ def test_errors_inside_a_stream_become_error_deltas(openai: CompiledProvider, er
     [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use"), ("function_call", "tool_use"),
      ("content_filter", "refusal"), ("insufficient_system_resource", None)],
 )
-def test_finish_reasons(openai: CompiledProvider, raw: str, stop_reason: str | None) -> None:
-    decoder = openai.new_decoder(stream=True)
+def test_finish_reasons(openai: CompiledRules, raw: str, stop_reason: str | None) -> None:
+    decoder = bound(openai).decoder(stream=True)
     assert decoder.decode({"choices": [{"index": 0, "delta": {}, "finish_reason": raw}]}) == [
         FinishDelta(stop_reason, raw)]
 
 
-def test_a_refusal_is_text_and_ends_as_refusal(openai: CompiledProvider) -> None:
+def test_a_refusal_is_text_and_ends_as_refusal(openai: CompiledRules) -> None:
     answer = {"choices": [{"index": 0, "finish_reason": "stop",
                            "message": {"role": "assistant", "content": None, "refusal": "I can't help."}}]}
-    assert openai.new_decoder(stream=False).decode(answer) == [TextDelta("I can't help."),
+    assert bound(openai).decoder(stream=False).decode(answer) == [TextDelta("I can't help."),
                                                               FinishDelta("refusal", "stop")]
 
 
-def test_usage_never_goes_negative(openai: CompiledProvider) -> None:
+def test_usage_never_goes_negative(openai: CompiledRules) -> None:
     answer = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1,
                                        "prompt_tokens_details": {"cached_tokens": 9, "cache_write_tokens": 2}}}
-    assert openai.new_decoder(stream=False).decode(answer) == [
+    assert bound(openai).decoder(stream=False).decode(answer) == [
         UsageDelta(input_tokens=0, output_tokens=1, cache_read_input_tokens=9, cache_creation_input_tokens=2)]
 
 
@@ -779,7 +785,7 @@ def test_decoder_selectors_from_other_rules(tmp_path: Path) -> None:
     """))
     providers, diagnostics = compile_rules({"geminiish": rule_set})
     assert diagnostics == []
-    decoder = providers["geminiish"].new_decoder(stream=True)
+    decoder = bound(providers["geminiish"]).decoder(stream=True)
     assert decoder.done_marker is None
     chunk = {"candidates": [{"finishReason": "STOP", "content": {"parts": [
         {"text": "plan", "thought": True, "thoughtSignature": "sig"},
@@ -815,7 +821,7 @@ def finishing(reason: str, **candidate: Any) -> dict[str, Any]:
 def test_finish_errors_turn_a_finish_reason_into_an_error(tmp_path: Path) -> None:
     providers, diagnostics = compile_rules({"failing": write_rules(tmp_path, "failing", FAILING_FINISH)})
     assert diagnostics == []
-    decoder = providers["failing"].new_decoder(stream=True, name="configured")
+    decoder = bound(providers["failing"], "configured").decoder(stream=True)
     chunk = finishing("MALFORMED_FUNCTION_CALL", content={"parts": [{"text": "Let me "}]},
                       finishMessage="Malformed function call: print(default_api.Read(path=))")
     assert decoder.decode(chunk) == [
@@ -833,7 +839,7 @@ def test_a_finish_error_fails_the_stream_and_the_whole_message(tmp_path: Path) -
     provider = compile_rules({"failing": write_rules(tmp_path, "failing", FAILING_FINISH)})[0]["failing"]
     chunk = finishing("MALFORMED_FUNCTION_CALL", content={"parts": [{"text": "Hi"}]}, finishMessage="bad call")
     machine = StreamMachine(provider="failing", message_id="msg_1", model=CLIENT_MODEL)
-    events = [event for delta in provider.new_decoder(stream=True).decode(chunk) for event in machine.feed(delta)]
+    events = [event for delta in bound(provider).decoder(stream=True).decode(chunk) for event in machine.feed(delta)]
     assert [name for name, _ in events][-1] == "error"
     assert events[-1][1]["error"] == {
         "type": "api_error",
@@ -841,7 +847,7 @@ def test_a_finish_error_fails_the_stream_and_the_whole_message(tmp_path: Path) -
     assert machine.finish() == []
     builder = MessageBuilder(provider="failing", message_id="msg_1", model=CLIENT_MODEL)
     with pytest.raises(UpstreamStatusError) as caught:
-        for delta in provider.new_decoder(stream=False).decode(chunk):
+        for delta in bound(provider).decoder(stream=False).decode(chunk):
             builder.feed(delta)
     assert (caught.value.status, caught.value.error_type) == (500, "api_error")
     assert caught.value.message == "[failing] upstream stopped with finish reason 'MALFORMED_FUNCTION_CALL': bad call"
@@ -879,10 +885,10 @@ def error_body(message: str, type_: str | None = None, code: str | None = None) 
         (599, b"", None, 500, "api_error", "[openai] HTTP 599"),
     ],
 )
-def test_upstream_errors_map_to_anthropic_errors(openai: CompiledProvider, status: int, body: bytes,
+def test_upstream_errors_map_to_anthropic_errors(openai: CompiledRules, status: int, body: bytes,
                                                  retry_after: str | None, expected_status: int,
                                                  expected_type: str, message: str) -> None:
-    error = openai.map_error(status, body, retry_after)
+    error = bound(openai).error(status, body, retry_after)
     assert isinstance(error, UpstreamStatusError)
     assert (error.status, error.error_type, error.message) == (expected_status, expected_type, message)
     assert error.upstream_status == status
@@ -892,24 +898,24 @@ def test_upstream_errors_map_to_anthropic_errors(openai: CompiledProvider, statu
 
 
 def test_a_context_overflow_message_starts_with_the_phrase_claude_code_looks_for(
-        openai: CompiledProvider) -> None:
+        openai: CompiledRules) -> None:
     upstream = "This model's maximum context length is 128000 tokens."
-    error = openai.map_error(400, error_body(upstream, "invalid_request_error", "context_length_exceeded"))
+    error = bound(openai).error(400, error_body(upstream, "invalid_request_error", "context_length_exceeded"))
     assert (error.status, error.error_type, error.upstream_status) == (400, "invalid_request_error", 400)
     assert error.message.startswith("prompt is too long: ")
     assert "[openai]" in error.message and upstream in error.message
     assert str(error) == error.message
     assert error.envelope()["error"]["message"] == error.message
     # the same inside a stream that has started
-    (delta,) = openai.new_decoder(stream=True).decode(
+    (delta,) = bound(openai).decoder(stream=True).decode(
         {"error": {"message": upstream, "code": "context_length_exceeded"}})
     assert isinstance(delta, ErrorDelta)
     assert delta.error_type == "invalid_request_error"
     assert delta.message.startswith("prompt is too long: ") and upstream in delta.message
 
 
-def test_long_error_text_is_cut(openai: CompiledProvider) -> None:
-    error = openai.map_error(500, b"x" * 2000)
+def test_long_error_text_is_cut(openai: CompiledRules) -> None:
+    error = bound(openai).error(500, b"x" * 2000)
     assert error.message == "[openai] " + "x" * 500
 
 
@@ -922,12 +928,12 @@ def test_rules_can_override_the_status_table(tmp_path: Path) -> None:
           by_code: {QUOTA: billing_error}
     """))
     providers, _ = compile_rules({"custom": rule_set})
-    errors: ErrorMap = providers["custom"].errors
-    overloaded = errors.to_exception(500, b'{"detail": "busy"}')
+    errors = bound(providers["custom"])
+    overloaded = errors.error(500, b'{"detail": "busy"}')
     assert (overloaded.status, overloaded.error_type, overloaded.message) == (529, "overloaded_error",
                                                                              "[custom] busy")
-    assert errors.to_exception(400, b"{}").status == 404
-    quota = errors.to_exception(429, b'{"detail": "pay", "reason": "QUOTA"}')
+    assert errors.error(400, b"{}").status == 404
+    quota = errors.error(429, b'{"detail": "pay", "reason": "QUOTA"}')
     assert (quota.status, quota.error_type) == (402, "billing_error")
 
 
@@ -970,7 +976,7 @@ def test_every_problem_in_a_rule_set_is_reported_and_only_that_set_is_left_out(t
         (12, DiagnosticCode.UNKNOWN_FILTER),
     ]
     with pytest.raises(RuleError) as caught:
-        require_providers({"broken": broken, "good": good})
+        require_compiled({"broken": broken, "good": good})
     assert len(caught.value.diagnostics) == 5
     assert "broken.yaml:4:13: unknown variable 'modle' (did you mean 'model'?) [bad-template]" in str(caught.value)
 
@@ -990,12 +996,12 @@ def test_a_child_of_the_openai_rules_overrides_templates_and_deletes_keys(tmp_pa
         templates:
           tool_choice: auto
     """), encoding="utf-8")
-    vendor = require_providers(require_rules([path]))["vendor"]
+    vendor = require_compiled(require_rules([path]))["vendor"]
     prepared = vendor.build_request(
         {"model": CLIENT_MODEL, "max_tokens": 100_000, "messages": [{"role": "user", "content": "Hi"}],
          "tools": [{"name": "Read", "input_schema": {"type": "object"}}],
          "tool_choice": {"type": "any", "disable_parallel_tool_use": True}, "metadata": {"user_id": "u"}},
-        model="vendor-large", provider={**PROVIDER, "name": "vendor"}, stream=False)
+        model="vendor-large", provider_vars={**PROVIDER, "name": "vendor"}, stream=False)
     body = prepared.body
     check_openai_types(body)
     assert body["tool_choice"] == "auto"

@@ -50,6 +50,7 @@ def test_the_ten_line_vendor_example_validates_with_its_config(tmp_path: Path) -
 
 def test_readme_config_example_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("CCPROXY_API_KEY", "a-server-key")
     block = next(block for doc, _, block in yaml_blocks() if doc == "README.md")
     (tmp_path / "my.yaml").write_text(block)
     errors = [d for d in validate([tmp_path / "my.yaml"]) if d.severity == "error"]

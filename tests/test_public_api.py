@@ -3,7 +3,7 @@
 import ccproxy_engine
 
 EXPECTED = {
-    "CompiledProvider", "ConfigError", "Diagnostic", "DiagnosticCode", "EngineError", "ProviderSettings",
+    "CompiledRules", "ConfigError", "Diagnostic", "DiagnosticCode", "EngineError", "ProviderSettings",
     "RequestError", "RouteTarget", "Routes", "RuleError", "Settings", "SetupError", "UpstreamError",
     "__version__", "compile_rules", "create_app", "load_config", "load_rules",
 }

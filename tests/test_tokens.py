@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import socket
 import threading
 import urllib.request
@@ -324,3 +325,31 @@ def test_missing_encoding_is_a_clear_error_not_a_download(
     with pytest.raises(TokenizerUnavailableError):
         counter.count_request(body_of(user("hi")))
     assert no_network == []
+
+
+# --- bounded work ------------------------------------------------------------------------------
+
+
+def test_long_runs_without_spaces_are_estimated_not_encoded() -> None:
+    counter = TokenCounter()
+    run = "x" * (_tokens.LONG_RUN_CHARS * 50)
+    body = {"messages": [{"role": "user", "content": f"look at this: {run} thanks"}]}
+    estimate = math.ceil(len(run) / _tokens.LONG_RUN_CHARS_PER_TOKEN)
+    words = counter.count_text("look at this:  thanks")
+    assert counter.count_request(body) == REQUEST_TOKENS + MESSAGE_TOKENS + estimate + words
+
+
+def test_runs_shorter_than_the_limit_are_counted_exactly() -> None:
+    counter = TokenCounter()
+    text = "y" * (_tokens.LONG_RUN_CHARS - 1)
+    body = {"messages": [{"role": "user", "content": text}]}
+    assert counter.count_request(body) == REQUEST_TOKENS + MESSAGE_TOKENS + counter.count_text(text)
+
+
+def test_a_request_encodes_a_bounded_amount_of_new_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_tokens, "EXACT_CHARS_PER_REQUEST", 1000)
+    counter = TokenCounter()
+    first, second = "hello world " * 50, "other words " * 100  # 600 and 1200 characters
+    body = {"messages": [{"role": "user", "content": first}, {"role": "user", "content": second}]}
+    expected = counter.count_text(first) + math.ceil(len(second) / _tokens.ESTIMATE_CHARS_PER_TOKEN)
+    assert counter.count_request(body) == REQUEST_TOKENS + 2 * MESSAGE_TOKENS + expected

@@ -11,7 +11,7 @@ import pytest
 from e2e.support import MODEL, accumulate, names, read_events, user
 from fakes import Chunks, FakeOpenAI, Text, chunk
 
-import ccproxy_engine._app
+import ccproxy_engine._proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def test_client_disconnect_cancels_the_upstream(proxy_url: str, fake: FakeOpenAI
 
 def test_silent_upstream_gets_keepalive_pings(http: httpx.Client, fake: FakeOpenAI,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ccproxy_engine._app, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(ccproxy_engine._proxy, "KEEPALIVE_SECONDS", 0.1)
     # Three writes 0.35 s apart: headers with the role chunk, the first text, then the rest at once.
     rest = b"".join(b"data: " + orjson.dumps(c) + b"\n\n"
                     for c in [chunk({"content": "long."}), chunk({}, "stop")])

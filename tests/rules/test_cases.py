@@ -37,7 +37,7 @@ diff. Ids are deterministic (`deterministic_ids`). A broken case fails as ``name
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +54,12 @@ from ruamel.yaml.error import YAMLError
 from syrupy.assertion import SnapshotAssertion
 
 from ccproxy_engine import _stream
-from ccproxy_engine._compiler import CompiledProvider, compile_rules
+from ccproxy_engine._compiler import CompiledRules, compile_rules
+from ccproxy_engine._config import ProviderSettings
+from ccproxy_engine._endpoint import Endpoint, PassthroughEndpoint, UpstreamCall
 from ccproxy_engine._errors import EngineError
 from ccproxy_engine._functions import deterministic_ids, new_id
 from ccproxy_engine._loader import load_rules, load_schema
-from ccproxy_engine._stream import MessageBuilder, StreamMachine
-from ccproxy_engine._translate import StreamTranslator, translate_message
 
 CASES_DIR = Path(__file__).resolve().parent
 REPO_DIR = CASES_DIR.parents[1]
@@ -258,13 +258,24 @@ def _same_scalar(expected: Any, actual: Any) -> bool:
 
 
 @functools.cache
-def compiled_providers() -> dict[str, CompiledProvider]:
+def compiled_rules() -> dict[str, CompiledRules]:
     """The built-in rules, compiled once for the whole session."""
     rule_sets, diagnostics = load_rules()
-    providers, problems = compile_rules(rule_sets)
+    compiled, problems = compile_rules(rule_sets)
     errors = [d.format() for d in (*diagnostics, *problems) if d.severity == "error"]
     assert not errors, "\n".join(errors)
-    return providers
+    return compiled
+
+
+@functools.cache
+def endpoint(provider: str) -> Endpoint:
+    """The endpoint the app binds for a provider configured with a base URL and (unless the rules name
+    no key) an API key; ${VAR:-default} in the rule's defaults take their defaults."""
+    rules = compiled_rules()[provider]
+    settings = ProviderSettings(name=provider, rules=provider, base_url=f"https://api.{provider}.test/v1",
+                                api_key=API_KEY if "api_key" in rules.defaults else None)
+    kind = PassthroughEndpoint if rules.passthrough else Endpoint
+    return kind(settings, rules, env={})
 
 
 @functools.cache
@@ -311,14 +322,6 @@ def upstream_problems(provider: str, url: str, body: dict[str, Any]) -> list[str
     return found
 
 
-def provider_scope(provider: CompiledProvider) -> dict[str, Any]:
-    """What the app's templates see for a provider configured with a base URL and (unless the rules
-    name no key) an API key; ${VAR:-default} in the rule's defaults take their defaults."""
-    return {"name": provider.name, "base_url": f"https://api.{provider.name}.test/v1",
-            "api_key": API_KEY if "api_key" in provider.defaults else None,
-            "headers": provider.default("headers", {}) or {}}
-
-
 def request_body(case: Case) -> dict[str, Any]:
     """The Anthropic body a client would send (a fresh copy: rules must not see another case's edits)."""
     request = case.data["request"]
@@ -349,20 +352,9 @@ def reply_bytes(body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else orjson.dumps(body)
 
 
-def whole_message(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
-                  raw: bytes) -> dict[str, Any]:
-    """A non-streamed answer, through the app's own `translate_message`."""
-    builder = MessageBuilder(provider=provider.name, message_id=new_id("msg_"), model=client_model,
-                             tool_names=tool_names, sign=provider.signer(model))
-    return translate_message(provider, raw, builder)
-
-
-def stream_events(provider: CompiledProvider, model: str, client_model: str, tool_names: Mapping[str, str],
-                  chunks: list[Any]) -> list[dict[str, Any]]:
-    """A 200 stream, one SSE record per chunk then EOF, through the app's own `StreamTranslator`."""
-    machine = StreamMachine(provider=provider.name, message_id=new_id("msg_"), model=client_model,
-                            tool_names=tool_names, sign=provider.signer(model))
-    translator = StreamTranslator(provider, machine)
+def stream_events(provider: Endpoint, call: UpstreamCall, chunks: list[Any]) -> list[dict[str, Any]]:
+    """A 200 stream, one SSE record per chunk then EOF, through the endpoint's own translator."""
+    translator = provider.events(call, 0)
     events = translator.start()
     for chunk in chunks:
         events += translator.feed_record(chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode())
@@ -380,7 +372,7 @@ class Outcome:
 
 def run_case(case: Case) -> Outcome:
     data = case.data
-    provider = compiled_providers()[case.provider]
+    provider = endpoint(case.provider)
     model = data.get("model", default_model(case.provider))
     body = request_body(case)
     outcome = Outcome()
@@ -391,28 +383,26 @@ def run_case(case: Case) -> Outcome:
                                                           f"{schema_error.message}"))
         return outcome
     try:
-        prepared = provider.build_request(body, model=model, provider=provider_scope(provider),
-                                          stream=bool(body.get("stream")))
+        call = provider.prepare(body, model=model)
     except EngineError as exc:
         outcome.error = error_view(exc)
         return outcome
-    outcome.upstream = {"url": mask(prepared.url), "headers": {k: mask(v) for k, v in prepared.headers.items()},
-                        "body": prepared.body}
+    upstream_body = call.body if call.body is not None else orjson.loads(call.request.body)
+    outcome.upstream = {"url": mask(call.request.url),
+                        "headers": {k: mask(v) for k, v in call.request.headers.items()}, "body": upstream_body}
     outcome.problems += [case.report(("request",), f"upstream body {problem}")
-                         for problem in upstream_problems(case.provider, prepared.url, prepared.body)]
+                         for problem in upstream_problems(case.provider, call.request.url, upstream_body)]
     reply = data.get("upstream_reply")
     if reply is None:
         return outcome
-    client_model = str(body.get("model"))
     try:
         if "status" in reply and not 200 <= reply["status"] < 300:
             retry_after = {k.lower(): str(v) for k, v in (reply.get("headers") or {}).items()}.get("retry-after")
-            raise provider.map_error(reply["status"], reply_bytes(reply.get("body", "")), retry_after)
+            raise provider.error(reply["status"], reply_bytes(reply.get("body", "")), retry_after)
         if "chunks" in reply:
-            outcome.answer = stream_events(provider, model, client_model, prepared.tool_names, reply["chunks"])
+            outcome.answer = stream_events(provider, call, reply["chunks"])
         else:
-            outcome.answer = whole_message(provider, model, client_model, prepared.tool_names,
-                                           reply_bytes(reply["body"]))
+            outcome.answer = provider.message(call, reply_bytes(reply["body"]))
     except EngineError as exc:
         outcome.error = error_view(exc)
     return outcome
@@ -481,5 +471,5 @@ def test_case_names_are_unique_and_every_provider_has_cases() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
     # a passthrough provider builds no body and reads no answer: tests/e2e/test_e2e_anthropic.py covers it
-    translating = {name for name, provider in compiled_providers().items() if not provider.passthrough}
+    translating = {name for name, provider in compiled_rules().items() if not provider.passthrough}
     assert {case.provider for case in CASES} >= translating
