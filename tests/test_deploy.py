@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from e2e.support import MODEL, user
 from e2e.test_e2e_cli import free_port, stop, wait_healthy
@@ -264,6 +265,12 @@ def test_the_entrypoint_serves_from_a_clean_install(container: Container, upstre
     with anthropic.Anthropic(base_url=container.url, api_key=SERVER_KEY, max_retries=0, timeout=20) as sdk:
         message = sdk.messages.create(model=MODEL, max_tokens=64, messages=user("Hi"))
     assert message.content[0].text == "Hello from the image."  # type: ignore[union-attr]
+    # the key came from the environment: without it, nothing but the probes answers
+    sent = len(fake.requests)
+    refused = httpx.post(f"{container.url}/v1/messages", json={"model": MODEL, "max_tokens": 8,
+                                                               "messages": user("Hi")}, timeout=10)
+    assert (refused.status_code, refused.json()["error"]["type"]) == (401, "authentication_error")
+    assert len(fake.requests) == sent
     # the built-in rules came with the wheel: validate finds them with no repository around
     checked = subprocess.run([str(clean_install / "ccproxy-engine"), "validate"], cwd=container.scratch,
                              env=container.env, capture_output=True, text=True, check=False)
