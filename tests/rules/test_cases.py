@@ -362,10 +362,13 @@ def reply_bytes(body: Any) -> bytes:
 
 
 def stream_events(provider: Endpoint, call: UpstreamCall, chunks: list[Any]) -> list[dict[str, Any]]:
-    """A 200 stream, one SSE record per chunk then EOF, through the endpoint's own translator."""
+    """A 200 stream, one SSE record per chunk then EOF, through the endpoint's own translator; the
+    chunks after the translator is done are never read, as the app closes the upstream then."""
     translator = provider.events(call, 0)
     events = translator.start()
     for chunk in chunks:
+        if translator.is_done:
+            break
         events += translator.feed_record(chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode())
     events += translator.finish()
     return [{"event": name, **payload} for name, payload in events]
