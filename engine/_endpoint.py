@@ -33,6 +33,7 @@ from ._config import ProviderSettings, Settings
 from ._errors import UpstreamStatusError
 from ._functions import encode_signature, new_id
 from ._stream import MessageBuilder, StreamMachine, emulated_stop_sequences, stop_scanner
+from ._thinking import passthrough_body
 from ._translate import StreamTranslator, replace_model, translate_message
 from ._types import JSONObject
 from ._upstream import UpstreamRequest
@@ -135,7 +136,8 @@ class PassthroughEndpoint(Endpoint):
     is_passthrough = True
 
     def _payload(self, built: JSONObject, body: JSONObject, raw: bytes | None, model: str) -> bytes:
-        return replace_model(raw if raw is not None else orjson.dumps(body), model)
+        """The client's bytes with the routed model, less reasoning Anthropic did not sign (`_thinking`)."""
+        return replace_model(passthrough_body(body, raw), model)
 
 
 def bind_endpoints(settings: Settings, rules: Mapping[str, CompiledRules],
