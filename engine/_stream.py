@@ -314,7 +314,8 @@ class StreamMachine:
         if self._done:
             return []
         out: list[SSEEvent] = [] if self._started else self.start()
-        if self.is_stopped and not isinstance(delta, UsageDelta):
+        stop = self._stop
+        if stop is not None and stop.matched is not None and not isinstance(delta, UsageDelta):
             return out  # the answer ended at the stop sequence; what the upstream adds is not part of it
         if isinstance(delta, TextDelta):
             self._text(delta.text, out)

@@ -8,12 +8,14 @@ client that switches models mid-conversation, would fail on history it cannot ch
 
 The choice made here: such blocks are dropped, never converted. Turning another model's reasoning
 into text would put words in the assistant's mouth that it never said to the user, and Anthropic
-ignores the thinking of earlier turns anyway. One case needs more: with thinking enabled, Anthropic
-requires the assistant turn of a tool loop in progress (the first assistant message after the last
-real user message, when the conversation ends with tool results) to start with a thinking block.
-No valid one exists for a turn another provider thought through, so that request is sent with
-thinking disabled (and without the ``clear_thinking`` context edit, which needs thinking on): the
-model finishes the tool loop without extended thinking, and the next user turn thinks again.
+ignores the thinking of earlier turns anyway. One case needs more: with manual thinking
+(``{"type": "enabled", "budget_tokens": N}``) Anthropic requires the assistant turn of a tool loop in
+progress (the first assistant message after the last real user message, when the conversation ends
+with tool results) to start with a thinking block. No valid one exists for a turn another provider
+thought through, so that request is sent with thinking disabled (and without the ``clear_thinking``
+context edit, which needs thinking on): the model finishes the tool loop without extended thinking,
+and the next user turn thinks again. Adaptive thinking lets the model skip thinking, so a turn
+without it is valid there and thinking stays as the client asked (Claude Code's case).
 
 Pure functions over the parsed body: the client's body is never mutated, and a body with nothing
 to strip is forwarded as the client's own bytes.
@@ -95,8 +97,9 @@ def _role(message: Any) -> Any:
 
 
 def _thinking_on(body: Mapping[str, Any]) -> bool:
+    """Manual thinking, the mode in which every step of a tool loop's turn must have thought first."""
     thinking = body.get("thinking")
-    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+    return isinstance(thinking, Mapping) and thinking.get("type") == "enabled"
 
 
 def _blocks(message: Any) -> list[Any]:

@@ -88,10 +88,11 @@ def test_an_assistant_message_of_only_foreign_reasoning_keeps_a_placeholder() ->
 
 CLEAR_THINKING = {"type": "clear_thinking_20251015", "keep": "all"}
 CLEAR_TOOLS = {"type": "clear_tool_uses_20250919"}
+ENABLED = {"type": "enabled", "budget_tokens": 2048}
 
 
-@pytest.mark.parametrize("thinking", [{"type": "enabled", "budget_tokens": 2048}, {"type": "adaptive"}])
-def test_a_tool_loop_that_lost_its_thinking_is_sent_with_thinking_off(thinking: dict[str, Any]) -> None:
+def test_a_tool_loop_that_lost_its_thinking_is_sent_with_thinking_off() -> None:
+    thinking = {"type": "enabled", "budget_tokens": 2048}
     request = body(user("List."), assistant(OURS, CALL), user(RESULT), thinking=thinking,
                    context_management={"edits": [CLEAR_THINKING]})
     stripped = strip_foreign_thinking(request)
@@ -103,7 +104,7 @@ def test_a_tool_loop_that_lost_its_thinking_is_sent_with_thinking_off(thinking: 
 
 
 def test_other_context_edits_stay_when_thinking_goes_off() -> None:
-    request = body(user("List."), assistant(OURS, CALL), user(RESULT), thinking={"type": "adaptive"},
+    request = body(user("List."), assistant(OURS, CALL), user(RESULT), thinking=ENABLED,
                    context_management={"edits": [CLEAR_THINKING, CLEAR_TOOLS]})
     stripped = strip_foreign_thinking(request)
     assert stripped is not None
@@ -113,11 +114,20 @@ def test_other_context_edits_stay_when_thinking_goes_off() -> None:
 def test_the_loop_is_judged_from_its_first_assistant_message() -> None:
     """Steps after the first of a tool loop have no thinking of their own (without interleaving)."""
     loop = [user("List."), assistant(THEIRS, CALL), user(RESULT), assistant(OURS, CALL), user(RESULT)]
-    stripped = strip_foreign_thinking(body(*loop, thinking={"type": "adaptive"}))
-    assert stripped is not None and stripped["thinking"] == {"type": "adaptive"}
+    stripped = strip_foreign_thinking(body(*loop, thinking=ENABLED))
+    assert stripped is not None and stripped["thinking"] == ENABLED
     loop[1] = assistant(OURS, CALL)
-    stripped = strip_foreign_thinking(body(*loop, thinking={"type": "adaptive"}))
+    stripped = strip_foreign_thinking(body(*loop, thinking=ENABLED))
     assert stripped is not None and stripped["thinking"] == {"type": "disabled"}
+
+
+def test_adaptive_thinking_stays_on_since_the_model_may_skip_thinking() -> None:
+    request = body(user("List."), assistant(OURS, CALL), user(RESULT), thinking={"type": "adaptive"},
+                   context_management={"edits": [CLEAR_THINKING]})
+    stripped = strip_foreign_thinking(request)
+    assert stripped is not None
+    assert stripped["thinking"] == {"type": "adaptive"}
+    assert stripped["context_management"] == {"edits": [CLEAR_THINKING]}
 
 
 @pytest.mark.parametrize("messages", [

@@ -9,8 +9,9 @@ tests compare them with what the client received), `AnthropicError` answers an e
 
 Like the real API it refuses (400, before any scripted reply is used) reasoning it did not sign:
 a thinking block whose signature is missing or an engine envelope (``ccpx1.``), a redacted_thinking
-block whose data is one, and, with thinking on, a tool loop whose assistant turn does not start
-with a thinking block (`request_problems`; the wording is the API's).
+block whose data is one, and, with manual thinking (``enabled``; adaptive thinking may skip it, and
+Claude Code's tool loops come back without it), a tool loop whose assistant turn does not start with
+a thinking block (`request_problems`; the wording is the API's).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def request_problems(body: Any) -> list[str]:
             if kind == "redacted_thinking" and str(block.get("data", "")).startswith(ENGINE_ENVELOPE):
                 problems.append(f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block")
     thinking = body.get("thinking") or {}
-    if thinking.get("type") in ("enabled", "adaptive"):
+    if thinking.get("type") == "enabled":
         problems += _loop_problems(messages)
     return problems
 
