@@ -166,11 +166,14 @@ class StopScanner:
     or a normal finish, so a match never spans a thinking block or a tool call.
     """
 
-    __slots__ = ("_held", "_longest", "_sequences", "matched")
+    __slots__ = ("_firsts", "_held", "_longest", "_prefixes", "_sequences", "matched")
 
     def __init__(self, sequences: Sequence[str]) -> None:
         self._sequences = tuple(dict.fromkeys(s for s in sequences if s))
         self._longest = max(map(len, self._sequences), default=0)
+        self._prefixes = frozenset(s[:size] for s in self._sequences for size in range(1, len(s)))
+        """Every proper prefix: what a held-back tail may be."""
+        self._firsts = frozenset(s[0] for s in self._sequences if len(s) > 1)
         self._held = ""
         self.matched: str | None = None
         """The sequence that matched; once set, `feed` returns nothing more."""
@@ -205,12 +208,18 @@ class StopScanner:
         return held
 
     def _prefix_length(self, buffer: str) -> int:
-        """The length of the longest tail of `buffer` that is a proper prefix of some sequence."""
-        for size in range(min(len(buffer), self._longest - 1), 0, -1):
-            tail = buffer[len(buffer) - size:]
-            if any(sequence.startswith(tail) for sequence in self._sequences if len(sequence) > size):
-                return size
-        return 0
+        """The length of the longest tail of `buffer` that is a proper prefix of some sequence. Only a
+        tail that starts with a sequence's first character can be one, and `str.find` finds those."""
+        start = max(0, len(buffer) - self._longest + 1)
+        best = 0
+        for first in self._firsts:
+            at = buffer.find(first, start)
+            while 0 <= at and len(buffer) - at > best:
+                if buffer[at:] in self._prefixes:
+                    best = len(buffer) - at
+                    break
+                at = buffer.find(first, at + 1)
+        return best
 
 
 def emulated_stop_sequences(body: Mapping[str, Any], emulate: bool) -> tuple[str, ...]:
