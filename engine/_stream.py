@@ -214,7 +214,7 @@ class StopScanner:
         best = 0
         for first in self._firsts:
             at = buffer.find(first, start)
-            while 0 <= at and len(buffer) - at > best:
+            while at >= 0 and len(buffer) - at > best:
                 if buffer[at:] in self._prefixes:
                     best = len(buffer) - at
                     break
