@@ -1,9 +1,11 @@
-"""The HTTP app: Anthropic Messages API handlers in front of the proxy pipeline (`_proxy.Proxy`).
+"""The HTTP app: Anthropic Messages and OpenAI Chat Completions handlers in front of the proxy
+pipeline (`_proxy.Proxy`).
 
-`create_app` only assembles; it reads no files and no environment, so ``serve`` and the tests build
-the same app from different inputs. A handler reads and checks the request (`RequestValidator`),
-asks the pipeline, and sends its `Answer`; every error, whoever raised it, is rendered by one
-handler as the Anthropic envelope with the matching status.
+`create_app` only assembles; it reads no files and no environment (but the shipped schemas and the
+inbound rule file, package data like them), so ``serve`` and the tests build the same app from
+different inputs. A handler reads and checks the request (`RequestValidator`; for Chat Completions,
+`_chat.ChatInbound`), asks the pipeline, and sends its `Answer`; every error, whoever raised it, is
+rendered by one handler in the envelope of the API the client called, with the matching status.
 """
 
 from __future__ import annotations
@@ -131,9 +133,12 @@ def _model_info(model_id: str, openai: bool) -> dict[str, Any]:
 
 
 def _is_openai_client(request: Request[Any, Any, Any]) -> bool:
-    """An OpenAI-format client: the Chat Completions endpoint, or any other without ``anthropic-version``
-    (every Anthropic client sends it)."""
-    return request.scope["path"] in _OPENAI_PATHS or "anthropic-version" not in request.headers
+    """An OpenAI-format client: the Chat Completions endpoint, or the models endpoints (which both APIs
+    have) without ``anthropic-version``, which every Anthropic client sends. Anything else is Anthropic's."""
+    path: str = request.scope["path"]
+    if path in _OPENAI_PATHS:
+        return True
+    return path.startswith("/v1/models") and "anthropic-version" not in request.headers
 
 
 @get("/v1/models")
