@@ -62,7 +62,8 @@ def upstreams_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
             "  models:\n"
             "    to-gemini: gemini/gemini-2.5-pro\n"
             "    to-anthropic: anthropic/claude-sonnet-4-5\n"
-            "    to-openai: openai/gpt-4.1\n",
+            "    to-openai: openai/gpt-4.1\n"
+            "    to-fallback: [anthropic/claude-sonnet-4-5, openai/gpt-4.1]\n",
             encoding="utf-8",
         )
         with serve_proxy(Path(config)) as url:
@@ -286,6 +287,25 @@ def test_tool_choice_and_parallel_tool_calls(client: openai.OpenAI, fakes: Upstr
                                                         "disable_parallel_tool_use": True}
     assert fakes.anthropic.last.body["tools"] == [{"name": "get_weather", "description": "Current weather for a city",
                                                    "input_schema": WEATHER["function"]["parameters"]}]
+
+
+def test_reasoning_streams_as_reasoning_content(client: openai.OpenAI, fakes: Upstreams) -> None:
+    fakes.anthropic.queue(AnthropicStream.thinking_then_tool("Let me think.", "c2ln", "get_weather",
+                                                             json.dumps({"city": "Oslo"})))
+    completion = chat(client, True, model="to-anthropic", tools=[WEATHER], reasoning_effort="medium")
+    message = completion.choices[0].message
+    assert message.model_extra is not None and message.model_extra.get("reasoning_content") == "Let me think."
+    assert message.tool_calls and json.loads(message.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    assert fakes.anthropic.last.body["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+
+
+def test_fallback_to_the_next_target(client: openai.OpenAI, fakes: Upstreams, streamed: bool) -> None:
+    """Routing, fallbacks and the route header are the pipeline's, whatever API the client speaks."""
+    fakes.anthropic.queue(AnthropicError(503, "overloaded_error", "busy"))
+    fakes.openai.queue(oai.Text("From the second target."))
+    completion = chat(client, streamed, model="to-fallback")
+    assert completion.choices[0].message.content == "From the second target."
+    assert len(fakes.anthropic.requests) == 1 and fakes.openai.last.body["model"] == "gpt-4.1"
 
 
 # --- the rest of the request ---------------------------------------------------------------------
