@@ -27,7 +27,7 @@ import orjson
 from ._compiler import CompiledRules, compile_rule_set
 from ._endpoint import Endpoint
 from ._errors import RequestError, RuleError
-from ._functions import new_id
+from ._functions import decode_signature, is_engine_signature, new_id
 from ._loader import BUILTIN_RULES_DIR, RuleSet, read_rule_file
 from ._proxy import Answer, Decoded
 from ._types import JSONObject, SSEEvent
@@ -118,8 +118,10 @@ class ChatInbound:
 
     @staticmethod
     def adapt(body: JSONObject, endpoint: Endpoint, model: str) -> JSONObject:
-        """`body` completed for one target: ``max_tokens`` from the model's capabilities when the client
-        gave none, and a thinking budget that fits under it (dropped if none can)."""
+        """`body` completed for one target: signed thinking blocks only for the provider that signed them,
+        ``max_tokens`` from the model's capabilities when the client gave none, and a thinking budget
+        that fits under it (dropped if none can)."""
+        body = _own_signatures(body, endpoint)
         max_tokens = body.get("max_tokens")
         thinking = body.get("thinking")
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
@@ -134,6 +136,22 @@ class ChatInbound:
             else:
                 adapted["thinking"] = {**thinking, "budget_tokens": max_tokens - 1}  # type: ignore[dict-item]
         return adapted
+
+
+def _own_signatures(body: JSONObject, endpoint: Endpoint) -> JSONObject:
+    """`body` without the thinking blocks (restored from ``extra_content`` by the inbound rules) that
+    `endpoint` cannot take back: another provider's signature, or any for a passthrough (Anthropic
+    checks a signature against the thinking text, which an OpenAI client never had)."""
+    def dropped(block: Mapping[str, Any]) -> bool:
+        return block.get("type") == "thinking" and (
+            endpoint.is_passthrough or decode_signature(block.get("signature"), endpoint.name) is None)
+
+    messages = body.get("messages") or []
+    if not any(isinstance(m.get("content"), list) and any(dropped(b) for b in m["content"]) for m in messages):
+        return body
+    return {**body, "messages": [
+        {**m, "content": [b for b in m["content"] if not dropped(b)]} if isinstance(m.get("content"), list) else m
+        for m in messages]}
 
 
 # --- answers -------------------------------------------------------------------------------------
@@ -152,9 +170,33 @@ def _finish_reason(stop_reason: Any) -> str:
     return FINISH_REASONS.get(str(stop_reason), "stop")
 
 
-def _tool_call(block: Mapping[str, Any]) -> JSONObject:
-    return {"id": block["id"], "type": "function",
-            "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input") or {}).decode()}}
+def _tool_call(block: Mapping[str, Any], signature: str | None) -> JSONObject:
+    call: JSONObject = {"id": block["id"], "type": "function",
+                        "function": {"name": block["name"],
+                                     "arguments": orjson.dumps(block.get("input") or {}).decode()}}
+    return _with_signature(call, signature)
+
+
+def _with_signature(call: JSONObject, signature: str | None) -> JSONObject:
+    """A call that came right after a signed thinking block carries that signature where Gemini's own
+    OpenAI endpoint puts one (``extra_content.google.thought_signature``): a client that sends the
+    call back as it came sends the signature too, and the inbound rules restore the thinking block
+    (Gemini 3 refuses a tool loop whose calls lost it). Only the engine's envelopes are carried."""
+    if signature and is_engine_signature(signature):
+        call["extra_content"] = {"google": {"thought_signature": signature}}
+    return call
+
+
+def _calls(blocks: list[Mapping[str, Any]]) -> list[JSONObject]:
+    calls, signature = [], None
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "thinking":
+            signature = block.get("signature")
+        elif kind == "tool_use":
+            calls.append(_tool_call(block, signature))
+            signature = None
+    return calls
 
 
 def completion(message: Mapping[str, Any], *, completion_id: str, created: int) -> JSONObject:
@@ -163,7 +205,7 @@ def completion(message: Mapping[str, Any], *, completion_id: str, created: int) 
     blocks = message.get("content") or []
     text = "".join(b["text"] for b in blocks if b.get("type") == "text")
     reasoning = "".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
-    calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
+    calls = _calls(blocks)
     answer: JSONObject = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
     if calls:
         answer["tool_calls"] = calls
@@ -193,7 +235,8 @@ class ChunkWriter:
     stream; ``ping`` an SSE comment. After the end, every call returns nothing.
     """
 
-    __slots__ = ("_blocks", "_created", "_done", "_id", "_include_usage", "_model", "_tools", "_usage")
+    __slots__ = ("_blocks", "_created", "_done", "_id", "_include_usage", "_model", "_signature", "_tools",
+                 "_usage")
 
     def __init__(self, *, completion_id: str, created: int, model: str, include_usage: bool) -> None:
         self._id = completion_id
@@ -203,6 +246,8 @@ class ChunkWriter:
         self._blocks: dict[int, _Open] = {}
         self._tools = 0
         self._usage: dict[str, Any] = {}
+        self._signature: str | None = None
+        """The signature of the last thinking block, until a tool call takes it (`_with_signature`)."""
         self._done = False
 
     @property
@@ -230,13 +275,17 @@ class ChunkWriter:
         block = payload["content_block"]
         kind = block.get("type", "")
         if kind != "tool_use":
+            if kind == "thinking":
+                self._signature = None
             self._blocks[payload["index"]] = _Open(kind)
             return []
         index = self._tools
         self._tools += 1
         self._blocks[payload["index"]] = _Open(kind, index)
-        return [self._chunk({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
-                                             "function": {"name": block["name"], "arguments": ""}}]})]
+        call = _with_signature({"index": index, "id": block["id"], "type": "function",
+                                "function": {"name": block["name"], "arguments": ""}}, self._signature)
+        self._signature = None
+        return [self._chunk({"tool_calls": [call]})]
 
     def _block_delta(self, payload: JSONObject) -> list[bytes]:
         delta = payload["delta"]
@@ -245,6 +294,9 @@ class ChunkWriter:
             return [self._chunk({"content": delta["text"]})]
         if kind == "thinking_delta":
             return [self._chunk({"reasoning_content": delta["thinking"]})]
+        if kind == "signature_delta":
+            self._signature = delta.get("signature")
+            return []
         if kind == "input_json_delta" and delta.get("partial_json"):
             block = self._blocks.get(payload["index"])
             if block is not None and block.tool_index >= 0:

@@ -10,10 +10,11 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ccproxy_engine._chat import ChatInbound, ChunkWriter, completion, load_inbound, openai_error
-from ccproxy_engine._compiler import compile_rules
+from ccproxy_engine._compiler import CompiledRules, compile_rules
 from ccproxy_engine._config import ProviderSettings
-from ccproxy_engine._endpoint import Endpoint
+from ccproxy_engine._endpoint import Endpoint, PassthroughEndpoint
 from ccproxy_engine._errors import RequestError
+from ccproxy_engine._functions import encode_signature
 from ccproxy_engine._loader import load_rules
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -83,10 +84,14 @@ def test_refused_clearly(inbound: ChatInbound, body: dict[str, Any], wording: st
     assert wording in caught.value.message
 
 
-def endpoint(rules_name: str) -> Endpoint:
+def compiled(rules_name: str) -> CompiledRules:
     rule_sets, _ = load_rules()
-    compiled, _ = compile_rules({rules_name: rule_sets[rules_name]})
-    return Endpoint(ProviderSettings(name=rules_name, rules=rules_name, base_url=None), compiled[rules_name], env={})
+    found, _ = compile_rules({rules_name: rule_sets[rules_name]})
+    return found[rules_name]
+
+
+def endpoint(rules_name: str) -> Endpoint:
+    return Endpoint(ProviderSettings(name=rules_name, rules=rules_name, base_url=None), compiled(rules_name), env={})
 
 
 def test_adapt_fills_max_tokens_and_fits_the_budget() -> None:
@@ -99,6 +104,24 @@ def test_adapt_fills_max_tokens_and_fits_the_budget() -> None:
     assert "thinking" not in ChatInbound.adapt({"max_tokens": 1000, "thinking": thinking}, openai, "gpt-4.1")
     body = {"max_tokens": 30000, "thinking": thinking}
     assert ChatInbound.adapt(body, openai, "gpt-4.1") is body
+
+
+def test_signed_thinking_goes_back_only_to_its_provider(inbound: ChatInbound) -> None:
+    signature = encode_signature("gemini", "gemini-3-pro-preview", "c2ln")
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+            "extra_content": {"google": {"thought_signature": signature}}}
+    body = build(inbound, messages=[*USER, {"role": "assistant", "tool_calls": [call]},
+                                    {"role": "tool", "tool_call_id": "c1", "content": "ok"}], max_tokens=100)
+    thinking = {"type": "thinking", "thinking": "", "signature": signature}
+    assert body["messages"][1]["content"] == [thinking, {"type": "tool_use", "id": "c1", "name": "f", "input": {}}]
+    gemini = Endpoint(ProviderSettings(name="gemini", rules="gemini", base_url=None), compiled("gemini"), env={})
+    assert ChatInbound.adapt(body, gemini, "gemini-3-pro-preview") is body
+    # another provider, and a passthrough (even one of the same name): Anthropic checks signatures
+    passthrough = PassthroughEndpoint(ProviderSettings(name="gemini", rules="anthropic", base_url=None),
+                                      compiled("anthropic"), env={})
+    for other in (endpoint("openai"), passthrough):
+        kept = ChatInbound.adapt(body, other, "m")["messages"][1]["content"]
+        assert [b["type"] for b in kept] == ["tool_use"], other
 
 
 def test_completion_validates_as_the_sdk_type() -> None:

@@ -61,6 +61,7 @@ def upstreams_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
             "  default: openai/gpt-4.1\n"
             "  models:\n"
             "    to-gemini: gemini/gemini-2.5-pro\n"
+            "    to-gemini-3: gemini/gemini-3-pro-preview\n"
             "    to-anthropic: anthropic/claude-sonnet-4-5\n"
             "    to-openai: openai/gpt-4.1\n"
             "    to-fallback: [anthropic/claude-sonnet-4-5, openai/gpt-4.1]\n",
@@ -277,6 +278,25 @@ def test_tool_results_go_back(client: openai.OpenAI, fakes: Upstreams, provider:
         sent = fakes.openai.last.body["messages"]
         assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
         assert [(m["tool_call_id"], m["content"]) for m in sent[2:]] == [("call_A", "-3"), ("call_B", "4")]
+
+
+def test_gemini_3_tool_loop_carries_the_signature(client: openai.OpenAI, fakes: Upstreams, streamed: bool) -> None:
+    """Gemini 3 refuses a step whose first call lost its thought signature: the call carries it in
+    ``extra_content.google.thought_signature`` (where Gemini's own OpenAI endpoint puts it), and the
+    client sending the message back as it came is enough."""
+    step = gemini.Calls([gemini.Call("get_weather", {"city": "Oslo"}, id="fc-1")])
+    fakes.gemini.queue(step, gemini.Text("It snows in Oslo."))
+    question: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+    first = chat(client, streamed, model="to-gemini-3", tools=[WEATHER], messages=question)
+    assistant = first.choices[0].message
+    [call] = assistant.tool_calls or []
+    assert call.model_extra and call.model_extra["extra_content"]["google"]["thought_signature"].startswith("ccpx1.")
+    turn = [*question, assistant.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "-3, snow"}]
+    second = chat(client, streamed, model="to-gemini-3", tools=[WEATHER], messages=turn)
+    assert second.choices[0].message.content == "It snows in Oslo."
+    parts = fakes.gemini.last.body["contents"][1]["parts"]
+    assert parts[0]["functionCall"]["name"] == "get_weather" and parts[0]["thoughtSignature"] == step.signature
 
 
 def test_tool_choice_and_parallel_tool_calls(client: openai.OpenAI, fakes: Upstreams) -> None:
