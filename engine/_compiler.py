@@ -48,6 +48,7 @@ from ._types import (
     FinishDelta,
     JSONObject,
     KeyPath,
+    RedactedThinkingDelta,
     Selector,
     TextDelta,
     ThinkingDelta,
@@ -64,7 +65,7 @@ UPSTREAM_STATUS_MAP: dict[int, int] = {
 
 #: Names every request template can use (docs/rules.md, "What a template sees").
 SCOPE_NAMES = frozenset({"request", "model", "client_model", "caps", "provider", "stream", "tool_name",
-                         "fail", "client_headers", "none", "true", "false"})
+                         "tool_id", "fail", "client_headers", "none", "true", "false"})
 
 
 def fail(message: str) -> None:
@@ -106,6 +107,7 @@ class _DecoderSpec:
     parts: Selector
     thinking: Selector
     signature: Selector
+    redacted: Selector
     text: Selector
     refusal: Selector
     tool_calls: Selector
@@ -187,6 +189,9 @@ class ResponseDecoder:
         signature = spec.signature(part)
         if thinking or signature:
             out.append(ThinkingDelta(thinking if isinstance(thinking, str) else "", signature or None))
+        redacted = spec.redacted(part)
+        out.extend(RedactedThinkingDelta(data) for data in ([redacted] if isinstance(redacted, str) else redacted or ())
+                   if data and isinstance(data, str))
         text = spec.text(part)
         if text and isinstance(text, str):
             out.append(TextDelta(text))
@@ -337,6 +342,10 @@ class CompiledRules:
     """Upstream finish reason → selector of the upstream's explanation; such an answer fails."""
     passthrough: bool = False
     """The provider speaks Anthropic Messages: bodies and answers go through byte for byte."""
+    tool_id: Compiled | None = None
+    """``request.tool_id``: a client tool-call id → the id sent upstream (given ``id`` and ``model``)."""
+    emulate_stop_sequences: bool = False
+    """The engine owns the client's stop_sequences (`_stream.StopScanner`); the rules send none upstream."""
     _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capabilities(self, model: str) -> dict[str, Any]:
@@ -386,6 +395,7 @@ class CompiledRules:
             "provider": provider_vars,
             "stream": stream,
             "tool_name": rename,
+            "tool_id": _id_mapper(self.tool_id, model),
             "fail": fail,
             "client_headers": client_headers or {},
         }
@@ -411,13 +421,30 @@ def _renamer(tool_names: dict[str, str], tool_name: Compiled | None, model: str)
     return rename
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def _id_mapper(tool_id: Compiled | None, model: str) -> Callable[[Any], Any]:
+    """The ``tool_id(x)`` templates call: the rule's hook, or ids as they are. No map back is kept:
+    ids in answers are the provider's own, which the hook leaves as they are when the client sends
+    them back (``short_id`` is idempotent)."""
+    if tool_id is None:
+        return _same
+
+    def map_id(value: Any) -> Any:
+        return tool_id({"id": value, "model": model}) if isinstance(value, str) else value
+
+    return map_id
+
+
 # --- compiling ---------------------------------------------------------------------------------
 
 
 def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diagnostic]]:
     """Compile one rule set; problems come back as diagnostics (the provider is None if any is an error)."""
     data = rule_set.data
-    names = SCOPE_NAMES | frozenset(bound_names(data)) | frozenset(JINJA_GLOBALS) | {"name"}
+    names = SCOPE_NAMES | frozenset(JINJA_GLOBALS)
     ctx = CompileContext(rule_set, names)
     request = data.get("request") or {}
     passthrough = bool(data.get("passthrough", False))
@@ -430,13 +457,16 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     headers = [(name.lower(), compile_template(value, ("request", "headers", name), ctx))
                for name, value in (request.get("headers") or {}).items()]
     body = compile_template(request.get("body", {}), ("request", "body"), ctx)
-    tool_name = (compile_template(request["tool_name"], ("request", "tool_name"), ctx)
-                 if request.get("tool_name") else None)
+    tool_name = _compile_hook(request, "tool_name", "name", ctx)
+    tool_id = _compile_hook(request, "tool_id", "id", ctx)
     response = _compile_decoder("response", ctx)
     stream = _compile_decoder("stream", ctx, fallback="response")
     errors = _compile_errors(data.get("errors") or {}, ctx)
-    for name in data.get("templates") or {}:
-        # templates nobody uses are still checked, so a typo in one is not found by a user first
+    # templates nobody uses are still checked, so a typo in one is not found by a user first; with
+    # no call site to say what is bound, a name bound anywhere in the rule set is taken as known
+    unused = [name for name in data.get("templates") or {} if name not in ctx.named]
+    ctx.scope_names = names | frozenset(bound_names(data))
+    for name in unused:
         named_template(name, ctx)
     models = [(pattern, dict(row or {})) for pattern, row in (data.get("models") or {}).items()]
     models.sort(key=lambda item: (item[0] != "*", len(item[0].replace("*", ""))))
@@ -447,10 +477,22 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
         finish_reasons={str(k): str(v) for k, v in (data.get("finish_reasons") or {}).items()},
         finish_errors={str(k): _selector(data["finish_errors"], k, ("finish_errors",), ctx)
                        for k in data.get("finish_errors") or {}},
-        errors=errors, passthrough=passthrough,
+        errors=errors, passthrough=passthrough, tool_id=tool_id,
+        emulate_stop_sequences=bool(data.get("emulate_stop_sequences", False)) and not passthrough,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
     return (None if has_error else compiled), ctx.diagnostics
+
+
+def _compile_hook(request: dict[str, Any], key: str, argument: str, ctx: CompileContext) -> Compiled | None:
+    """A ``request`` hook such as ``tool_name``: a template that sees only `argument` and ``model``."""
+    if not request.get(key):
+        return None
+    saved, ctx.scope_names = ctx.scope_names, frozenset({argument, "model", "none", "true", "false"})
+    try:
+        return compile_template(request[key], ("request", key), ctx)
+    finally:
+        ctx.scope_names = saved
 
 
 def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Selector:
@@ -464,7 +506,7 @@ def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: Compile
     return compile_selector(expression, (*key_path, key), ctx)
 
 
-_PART_KEYS = ("thinking", "signature", "text", "refusal", "tool_calls")
+_PART_KEYS = ("thinking", "signature", "redacted", "text", "refusal", "tool_calls")
 _CALL_KEYS = ("key", "id", "name", "arguments")
 _USAGE_KEYS = ("input", "output", "cache_read", "cache_write")
 
@@ -499,7 +541,7 @@ def _compile_decoder(name: str, ctx: CompileContext, fallback: str | None = None
     done = setting("done")
     return _DecoderSpec(
         parts=parts,
-        thinking=part["thinking"], signature=part["signature"], text=part["text"],
+        thinking=part["thinking"], signature=part["signature"], redacted=part["redacted"], text=part["text"],
         refusal=part["refusal"], tool_calls=part["tool_calls"],
         call_key=call["key"], call_id=call["id"], call_name=call["name"], call_arguments=call["arguments"],
         whole_calls=bool(setting("tool_call", "whole")),

@@ -173,6 +173,7 @@ class DiagnosticCode(StrEnum):
     UNKNOWN_TEMPLATE = "unknown-template"
     BAD_DIRECTIVE = "bad-directive"
     BAD_EXTENDS = "bad-extends"
+    BAD_IMPORT = "bad-import"
     MISSING_ENV = "missing-env"
     UNKNOWN_RULES = "unknown-rules"
     BAD_ROUTE = "bad-route"

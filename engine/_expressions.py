@@ -233,7 +233,8 @@ _MISSING = object()
 def compile_jmespath(tree: dict[str, Any], functions: Any) -> Selector | None:
     """A closure evaluating a parsed JMESPath `tree` as jmespath's interpreter does, for the node types
     selectors use (fields, indexes, ``||``, ``&&``, ``!``, comparisons, literals, ``@``, pipes,
-    multi-select lists, function calls through `functions`); None when `tree` has any other node."""
+    multi-select lists and hashes, function calls through `functions`); None when `tree` has any
+    other node."""
     try:
         return _JMESPathCompiler(functions).compile(tree)
     except _Unsupported:
@@ -258,6 +259,12 @@ def _equals(left: Any, right: Any) -> bool:
     if isinstance(left, bool) != isinstance(right, bool) and (_is_number(left) or _is_number(right)):
         return False
     return bool(left == right)
+
+
+def _string_literal(node: dict[str, Any]) -> str | None:
+    """The value of a string literal node (``'x'`` or `` `"x"` ``), else None."""
+    value = node.get("value")
+    return value if node["type"] == "literal" and isinstance(value, str) else None
 
 
 _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
@@ -322,6 +329,12 @@ class _JMESPathCompiler:
         items = self._children(node)
         return lambda data: None if data is None else [item(data) for item in items]
 
+    def _multi_select_dict(self, node: dict[str, Any]) -> Selector:
+        # {key: expr, ...}: how a selector gives events of different shapes one shape (a call's id
+        # from one stream event and its arguments from another, say)
+        pairs = [(pair["value"], self.compile(pair["children"][0])) for pair in node["children"]]
+        return lambda data: None if data is None else {key: value(data) for key, value in pairs}
+
     def _or_expression(self, node: dict[str, Any]) -> Selector:
         left, right = self._children(node)
 
@@ -354,6 +367,13 @@ class _JMESPathCompiler:
     def _comparator(self, node: dict[str, Any]) -> Selector:
         left, right = self._children(node)
         op = node["value"]
+        constant = _string_literal(node["children"][1])
+        if constant is not None and op in ("eq", "ne"):
+            # `type == 'response.output_text.delta'`: a string equals only that string (no number
+            # or boolean case to keep apart), and typed streams test one per selector per event
+            if op == "eq":
+                return lambda data: left(data) == constant
+            return lambda data: left(data) != constant
         if op == "eq":
             return lambda data: _equals(left(data), right(data))
         if op == "ne":

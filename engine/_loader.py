@@ -12,6 +12,11 @@ value came from, so an error in an inherited value points into the parent file.
 * a key set to ``null`` in the child deletes the parent's key;
 * named templates (``templates.<name>``) and directive mappings (a mapping with a ``$`` key) are
   replaced whole, never merged, because half of one template merged into another is not a template.
+
+`imports:` (docs/rules.md, "Shared templates"): a file in a ``common/`` directory next to the rule
+files is a template library, holding only ``description`` and ``templates``; it is never a rule set.
+A rule set that imports it gets its templates, with their positions in the library, under its own
+and inherited ones.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ __all__ = [
 ]
 
 BUILTIN_RULES_DIR = Path(__file__).resolve().parent / "rules"
+
+#: Template libraries live in this directory next to the rule files (`rules/common/chat.yaml`).
+LIBRARY_DIR = "common"
+_LIBRARY_KEYS = ("description", "templates")
 
 
 @dataclass(slots=True)
@@ -98,14 +107,21 @@ def read_rule_file(path: Path) -> tuple[RuleFile | None, list[Diagnostic]]:
 
 
 def rule_file_paths(paths: Iterable[Path]) -> list[Path]:
-    """Expand directories to the `*.yaml`/`*.yml` files in them, sorted; keep files as given."""
+    """Expand directories to the `*.yaml`/`*.yml` files in them and in their `common/` template
+    libraries, sorted; keep files as given."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+            for folder in (path, path / LIBRARY_DIR):
+                found.extend(sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]))
         else:
             found.append(path)
     return found
+
+
+def is_library(path: Path) -> bool:
+    """A file in a `common/` directory is a template library: named templates rule sets import."""
+    return path.parent.name == LIBRARY_DIR
 
 
 def load_rules(extra: Iterable[Path] = (), *, include_builtin: bool = True) -> tuple[dict[str, RuleSet],
@@ -116,20 +132,68 @@ def load_rules(extra: Iterable[Path] = (), *, include_builtin: bool = True) -> t
     little, name the file differently and write ``extends: <builtin>``.
     """
     files: dict[str, RuleFile] = {}
+    libraries: dict[str, RuleFile] = {}
     diagnostics: list[Diagnostic] = []
     sources = [BUILTIN_RULES_DIR] if include_builtin else []
     for path in rule_file_paths([*sources, *extra]):
         rule_file, problems = read_rule_file(path)
         diagnostics.extend(problems)
-        if rule_file is not None and not problems:
+        if rule_file is None or problems:
+            continue
+        if is_library(path):
+            # keys a library cannot have are reported, and its templates still serve its importers
+            diagnostics.extend(_library_problems(rule_file))
+            libraries[rule_file.name] = rule_file
+        else:
             files[rule_file.name] = rule_file
     resolved: dict[str, RuleSet] = {}
     for name in files:
-        rule_set, problems = _resolve(name, files, resolved, ())
+        rule_set, problems = _resolve(name, files, resolved, (), libraries)
         diagnostics.extend(problems)
         if rule_set is not None:
             resolved[name] = rule_set
     return resolved, _dedupe(diagnostics)
+
+
+def _library_problems(library: RuleFile) -> list[Diagnostic]:
+    """A template library holds templates only: it is no provider, and imports nothing itself."""
+    problems = []
+    for key in library.data:
+        if key not in _LIBRARY_KEYS:
+            pos = library.key_positions.get((key,)) or SourcePosition(library.path, 1, 1)
+            problems.append(Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.UNKNOWN_KEY,
+                                       f"'{key}' does not belong in a template library "
+                                       f"(it holds only {' and '.join(_LIBRARY_KEYS)})"))
+    return problems
+
+
+def _import_templates(rule_set: RuleSet, rule_file: RuleFile, libraries: dict[str, RuleFile]) -> list[Diagnostic]:
+    """Add the templates of the libraries `rule_file` imports to `rule_set`, with their positions.
+
+    A template the rule set defines, itself or through ``extends``, wins over an imported one (as a
+    child's wins over its parent's); between libraries, the first listed wins. Done once per file:
+    a child inherits what its parent imported like any other template.
+    """
+    imports = rule_file.data.get("imports") or []
+    data = {key: value for key, value in rule_set.data.items() if key != "imports"}
+    templates = dict(data.get("templates") or {})
+    problems = []
+    for index, name in enumerate(imports):
+        library = libraries.get(name)
+        if library is None:
+            pos = rule_file.positions.get(("imports", index), SourcePosition(rule_file.path, 1, 1))
+            suggestion = did_you_mean(name, libraries) or f"; known: {', '.join(sorted(libraries))}"
+            problems.append(Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.BAD_IMPORT,
+                                       f"'imports' names unknown template library '{name}'{suggestion}"))
+            continue
+        for template, body in (library.data.get("templates") or {}).items():
+            if template not in templates:
+                templates[template] = body
+                _copy_positions(library, ("templates", template), rule_set)
+    if templates:
+        data["templates"] = templates
+    rule_set.data = data
+    return problems
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -143,15 +207,16 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return unique
 
 
-def _resolve(name: str, files: dict[str, RuleFile], done: dict[str, RuleSet],
-             chain: tuple[str, ...]) -> tuple[RuleSet | None, list[Diagnostic]]:
+def _resolve(name: str, files: dict[str, RuleFile], done: dict[str, RuleSet], chain: tuple[str, ...],
+             libraries: dict[str, RuleFile]) -> tuple[RuleSet | None, list[Diagnostic]]:
     if name in done:
         return done[name], []
     rule_file = files[name]
     parent_name = rule_file.data.get("extends")
     if parent_name is None:
-        return RuleSet(name, rule_file.path, rule_file.data, dict(rule_file.positions),
-                       dict(rule_file.key_positions), (name,)), []
+        rule_set = RuleSet(name, rule_file.path, rule_file.data, dict(rule_file.positions),
+                           dict(rule_file.key_positions), (name,))
+        return rule_set, _import_templates(rule_set, rule_file, libraries)
     pos = rule_file.positions.get(("extends",), SourcePosition(rule_file.path, 1, 1))
     if parent_name == name or parent_name in chain:
         cycle = " -> ".join((*chain, name, parent_name))
@@ -161,13 +226,13 @@ def _resolve(name: str, files: dict[str, RuleFile], done: dict[str, RuleSet],
         suggestion = did_you_mean(parent_name, files) or f"; known: {', '.join(sorted(files))}"
         return None, [Diagnostic(pos.path, pos.line, pos.col, DiagnosticCode.BAD_EXTENDS,
                                  f"'extends' names unknown rules '{parent_name}'{suggestion}")]
-    parent, problems = _resolve(parent_name, files, done, (*chain, name))
+    parent, problems = _resolve(parent_name, files, done, (*chain, name), libraries)
     if parent is None:
         return None, problems
     child = RuleSet(name, rule_file.path, {}, {}, {}, (name, *parent.lineage))
     data = _merge(parent.data, rule_file.data, (), parent_set=parent, child_file=rule_file, target=child)
     child.data = {k: v for k, v in data.items() if k != "extends"}
-    return child, problems
+    return child, problems + _import_templates(child, rule_file, libraries)
 
 
 def _is_directive(value: Any) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -98,24 +100,57 @@ _JMESPATH_BUILTINS = frozenset(EngineFunctions.FUNCTION_TABLE)
 
 @dataclass(slots=True)
 class CompileContext:
-    """What compiling one rule set needs: its data and positions, the names in scope, the problems."""
+    """What compiling one rule set needs: its data and positions, the names in scope, the problems.
+
+    `scope_names` is the lexical scope of the fragment being compiled: the section's own names
+    (``request``, ``model``, ...) plus what the enclosing directives bind. A directive compiles its
+    body inside `bind`; a named template is checked once per distinct scope of its call sites
+    (`named_template`), so a name is known exactly where it is bound, never because some other
+    part of the file binds it.
+    """
 
     rule_set: RuleSet
     scope_names: frozenset[str]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     named: dict[str, Compiled] = field(default_factory=dict)
     compiling: set[str] = field(default_factory=set)
+    checked: set[tuple[str, frozenset[str], bool]] = field(default_factory=set)
+    """(template, scope, quiet) already checked: each template is checked once per scope."""
+    call_sites: list[tuple[str, SourcePosition]] = field(default_factory=list)
+    """The ``$use`` chain being checked, innermost last: unknown names say where they came from."""
+    quiet: bool = False
+    """Set under a directive with a key error: its names are not reported (they only follow from it)."""
+    check_only: bool = False
+    """Compiling a template again, for another call site's scope: only diagnostics matter."""
+    unbound: set[tuple[str, SourcePosition]] = field(default_factory=set)
+    """(name, where) of unknown names reported: a use, or the outermost call site that lacks it."""
+    _seen: set[tuple[str, int, int, str]] = field(default_factory=set)
 
     def report(self, pos: SourcePosition, code: DiagnosticCode, message: str,
                detail: str | None = None) -> None:
+        key = (pos.path, pos.line, pos.col, message)
+        if key in self._seen:  # a template checked for several call sites reports its own errors once
+            return
+        self._seen.add(key)
         self.diagnostics.append(Diagnostic(pos.path, pos.line, pos.col, code, message, detail=detail))
 
     def position(self, key_path: KeyPath) -> SourcePosition:
         return self.rule_set.position(key_path)
 
+    @contextmanager
+    def bind(self, *names: str) -> Iterator[None]:
+        """Compile the body of a binding form with `names` added to the lexical scope."""
+        saved = self.scope_names
+        self.scope_names = saved | frozenset(names)
+        try:
+            yield
+        finally:
+            self.scope_names = saved
+
 
 def bound_names(data: Any) -> set[str]:
-    """Every variable name a rule set binds (``as:``, ``$let``, ``with:``), for the unknown-name check."""
+    """Every variable name a rule set binds (``as:``, ``$let``, ``with:``): the scope a named template
+    that no call site reaches is checked with (nothing says what its callers would bind)."""
     names: set[str] = set()
     stack = [data]
     while stack:
@@ -153,7 +188,7 @@ def compile_expression(text: str, key_path: KeyPath, ctx: CompileContext) -> Com
     except TemplateSyntaxError as exc:
         _report_jinja(exc, pos, offset, text, ctx)
         return _fail_at_runtime(pos)
-    if not _check_names(expr, pos, offset, text, ctx):
+    if not _check_names(expr, pos, offset, text, ctx) or ctx.check_only:
         return _fail_at_runtime(pos)
     path = _plain_path(expr)
     if path is not None:
@@ -222,7 +257,7 @@ def compile_text(text: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
     pos = ctx.position(key_path)
     try:
         ast = _parse_text(text)
-        if not _check_names(ast, pos, 0, text, ctx):
+        if not _check_names(ast, pos, 0, text, ctx) or ctx.check_only:
             return _fail_at_runtime(pos)
         native = _native_text(text)
         if native is not None:
@@ -334,20 +369,57 @@ def _path_getter(name: str, parts: tuple[str | int, ...]) -> Compiled:
 
 
 def _check_names(ast: nodes.Node, pos: SourcePosition, offset: int, text: str, ctx: CompileContext) -> bool:
-    """Report variables that nothing defines; Jinja would silently treat them as undefined."""
+    """Report variables not bound where they are used; Jinja would silently treat them as undefined.
+
+    A name is known when the section provides it or an enclosing directive (or, inside a named
+    template, its call site) binds it. Each unknown name is reported at its own line and column.
+    """
     # find_all yields descendants only: `{{ name }}` alone is a Name with none
     names = [*([ast] if isinstance(ast, nodes.Name) else []), *ast.find_all(nodes.Name)]
     if isinstance(ast, nodes.Template):
         unknown = meta.find_undeclared_variables(ast) - ctx.scope_names
     else:
         unknown = {n.name for n in names if n.ctx == "load"} - ctx.scope_names
+    if ctx.quiet:
+        return True
     for name in sorted(unknown):
+        lineno = next((n.lineno for n in names if n.name == name), 1)
+        where = _name_position(pos, text, offset, lineno, name)
+        # once per use, and once per outermost `$use` that leaves the name unbound: a call site
+        # missing a binding is one mistake, however often the templates it calls read the name
+        keys = [(name, where)] + ([(name, ctx.call_sites[0][1])] if ctx.call_sites else [])
+        if any(key in ctx.unbound for key in keys):
+            continue
+        ctx.unbound.update(keys)
         hint = difflib.get_close_matches(name, sorted(ctx.scope_names), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        lineno = next((n.lineno for n in names if n.name == name), 1)
-        ctx.report(_jinja_position(pos, text, offset, lineno), DiagnosticCode.BAD_TEMPLATE,
-                   f"unknown variable '{name}'{suggestion}")
+        ctx.report(where, DiagnosticCode.BAD_TEMPLATE, f"unknown variable '{name}'{suggestion}",
+                   detail=_call_site_note(ctx))
     return not unknown
+
+
+def _call_site_note(ctx: CompileContext) -> str | None:
+    """Inside a named template, which ``$use`` the scope came from: the fix may belong there. A detail
+    line, not part of the message, so the same mistake seen from two rule sets is reported once."""
+    if not ctx.call_sites:
+        return None
+    template, site = ctx.call_sites[-1]
+    return f"  not bound where template '{template}' is used, at {site.path}:{site.line}:{site.col}"
+
+
+def _name_position(pos: SourcePosition, text: str, offset: int, lineno: int, name: str) -> SourcePosition:
+    """Where `name` is on line `lineno` of the Jinja source that starts at `offset` in `text`.
+
+    Jinja gives a line only; the column is the first occurrence of the name as a whole word (not an
+    attribute, not inside quotes), else the start of that line (`_jinja_position`).
+    """
+    lines = text[offset:].split("\n")
+    line_text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    found = re.search(rf"(?<![\w.'\"]){re.escape(name)}(?![\w'\"])", line_text)
+    if found is None or (lineno > 1 and not pos.block):
+        return _jinja_position(pos, text, offset, lineno)
+    line_start = offset + sum(len(line) + 1 for line in lines[:lineno - 1])
+    return _text_position(pos, text, line_start + found.start())
 
 
 def _text_position(pos: SourcePosition, text: str, offset: int) -> SourcePosition:
@@ -598,7 +670,15 @@ def _compile_directive(directive: str, node: dict[str, Any], key_path: KeyPath,
         ctx.report(ctx.rule_set.key_position((*key_path, key)), DiagnosticCode.BAD_DIRECTIVE,
                    f"'{key}' is not a key of {directive} (allowed: {allowed})")
     builder = _DIRECTIVE_BUILDERS[directive]
-    return builder(node, key_path, ctx)
+    if not extra:
+        return builder(node, key_path, ctx)
+    # a misspelt key (`ass:` for `as:`) leaves names unbound in the body: those follow from the
+    # error above, so they are not reported again
+    quiet, ctx.quiet = ctx.quiet, True
+    try:
+        return builder(node, key_path, ctx)
+    finally:
+        ctx.quiet = quiet
 
 
 def _value(node: dict[str, Any], key: str, key_path: KeyPath, ctx: CompileContext) -> Compiled:
@@ -617,8 +697,9 @@ def _each(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compi
         ctx.report(ctx.position((*key_path, "as")), DiagnosticCode.BAD_DIRECTIVE,
                    f"$each 'as' must be a variable name, not {name!r}")
         return _fail_at_runtime(ctx.position(key_path))  # its body would only add follow-on errors
-    body = compile_template(node.get("do", f"{{{{ {name} }}}}"), (*key_path, "do"), ctx)
-    condition = _value(node, "if", key_path, ctx) if "if" in node else None
+    with ctx.bind(name):  # `as` is visible in `do` and `if` only, not in the `$each` value
+        body = compile_template(node.get("do", f"{{{{ {name} }}}}"), (*key_path, "do"), ctx)
+        condition = _value(node, "if", key_path, ctx) if "if" in node else None
 
     def build(scope: Scope) -> _Spread:
         out = _Spread()
@@ -681,9 +762,15 @@ def _let(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compil
         ctx.report(ctx.position((*key_path, "$let")), DiagnosticCode.BAD_DIRECTIVE,
                    "$let must be a mapping of name → value")
         bindings_node = {}
-    bindings = [(name, compile_template(value, (*key_path, "$let", name), ctx))
-                for name, value in bindings_node.items()]
-    body = compile_template(node.get("in"), (*key_path, "in"), ctx)
+    saved = ctx.scope_names
+    bindings: list[tuple[str, Compiled]] = []
+    try:
+        for name, value in bindings_node.items():  # each binding sees the ones before it
+            bindings.append((name, compile_template(value, (*key_path, "$let", name), ctx)))
+            ctx.scope_names = ctx.scope_names | {name}
+        body = compile_template(node.get("in"), (*key_path, "in"), ctx)
+    finally:
+        ctx.scope_names = saved
 
     def build(scope: Scope) -> Any:
         child = dict(scope)
@@ -704,14 +791,19 @@ def _use(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compil
         ctx.report(ctx.position((*key_path, "$use")), DiagnosticCode.UNKNOWN_TEMPLATE,
                    f"unknown template '{name}'{suggestion}")
         return lambda scope: None
-    target = named_template(name, ctx)
     arguments = node.get("with") or {}
     if not isinstance(arguments, dict):
         ctx.report(ctx.position((*key_path, "with")), DiagnosticCode.BAD_DIRECTIVE,
                    "$use 'with' must be a mapping of name → value")
         arguments = {}
+    # `with` values are computed in the caller's scope, none seeing another
     bindings = [(arg, compile_template(value, (*key_path, "with", arg), ctx))
                 for arg, value in arguments.items()]
+    ctx.call_sites.append((name, ctx.rule_set.key_position((*key_path, "$use"))))
+    try:
+        target = named_template(name, ctx, ctx.scope_names | frozenset(arguments))
+    finally:
+        ctx.call_sites.pop()
 
     def build(scope: Scope) -> Any:
         if not bindings:
@@ -725,20 +817,37 @@ def _use(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compil
     return build
 
 
-def named_template(name: str, ctx: CompileContext) -> Compiled:
-    """Compile `templates.<name>` once (recursion allowed: the lookup is late-bound)."""
+def named_template(name: str, ctx: CompileContext, scope: frozenset[str] | None = None) -> Compiled:
+    """`templates.<name>`, compiled once; its names checked once per `scope` it is used in.
+
+    A named template sees its call site's scope plus the call's ``with:`` names (that is how it runs:
+    ``$use`` hands it the caller's scope), so it is checked with each distinct scope of its call
+    sites; a name one of them does not bind is reported in the template, naming that call site.
+    `scope` defaults to the current one. Recursion is allowed: the lookup is late-bound.
+    """
+    scope = ctx.scope_names if scope is None else scope
+    key = (name, scope, ctx.quiet)
+    if key not in ctx.checked:
+        ctx.checked.add(key)  # before compiling: a recursive use with the same scope stops here
+        first = name not in ctx.named and name not in ctx.compiling
+        saved = ctx.scope_names, ctx.check_only
+        ctx.scope_names, ctx.check_only = scope, not first
+        if first:
+            ctx.compiling.add(name)
+        try:
+            compiled = compile_template(ctx.rule_set.data["templates"][name], ("templates", name), ctx)
+        finally:
+            ctx.scope_names, ctx.check_only = saved
+        if first:
+            ctx.compiling.discard(name)
+            ctx.named[name] = compiled
     if name in ctx.named:
         return ctx.named[name]
-    if name in ctx.compiling:
-        def late(scope: Scope) -> Any:  # `name` is still being compiled: look it up when called
-            return ctx.named[name](scope)
 
-        return late
-    ctx.compiling.add(name)
-    compiled = compile_template(ctx.rule_set.data["templates"][name], ("templates", name), ctx)
-    ctx.named[name] = compiled
-    ctx.compiling.discard(name)
-    return compiled
+    def late(scope: Scope) -> Any:  # `name` is still being compiled: look it up when called
+        return ctx.named[name](scope)
+
+    return late
 
 
 def _select(node: dict[str, Any], key_path: KeyPath, ctx: CompileContext) -> Compiled:

@@ -53,7 +53,7 @@ def test_validate_a_new_rule_and_its_config(tmp_path: Path, capsys: pytest.Captu
     [
         # the 6 lines of GOOD_RULE come first; columns are 1-based, inside quotes they skip the quote
         ("request:\n  body:\n    x: \"{{ request.tools | json_encod }}\"\n", "9:9", "unknown-filter"),
-        ("request:\n  body:\n    x: \"{{ reqest.model }}\"\n", "9:9", "bad-template"),
+        ("request:\n  body:\n    x: \"{{ reqest.model }}\"\n", "9:12", "bad-template"),
         ("response:\n  finish_reason: \"choices[0].finish_reason | uper(@)\"\n", "8:46", "unknown-function"),
         ("response:\n  part:\n    text: \"choices[0\"\n", "9:21", "bad-selector"),
         ("respons:\n  text: content\n", "7:1", "unknown-key"),
@@ -69,6 +69,17 @@ def test_validate_reports_the_exact_position(tmp_path: Path, capsys: pytest.Capt
     assert first.startswith(f"{rule}:{position}: "), err
     assert first.endswith(f"[{code}]")
     assert err.rstrip().endswith("1 error(s)")
+
+
+def test_validate_reports_a_name_used_outside_the_scope_that_binds_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """openai.yaml binds `msg` inside its messages template; a body key of a child does not see it,
+    and at run time it would silently drop the key."""
+    rule = tmp_path / "acme.yaml"
+    rule.write_text(GOOD_RULE + "request:\n  body:\n    user: \"{{ msg.role }}\"\n")
+    exit_code, _, err = run(capsys, "validate", str(rule))
+    assert exit_code == 1
+    assert err.splitlines() == [f"{rule}:9:15: unknown variable 'msg' [bad-template]", "1 error(s)"]
 
 
 def test_validate_missing_path_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,7 +33,7 @@ from ccproxy_engine._compiler import (
 from ccproxy_engine._config import ProviderSettings
 from ccproxy_engine._endpoint import Endpoint
 from ccproxy_engine._errors import DiagnosticCode, RequestError, RuleError, UpstreamStatusError
-from ccproxy_engine._functions import decode_signature, short_name
+from ccproxy_engine._functions import decode_signature, short_id, short_name
 from ccproxy_engine._loader import BUILTIN_RULES_DIR, RuleSet, load_rules, require_rules
 from ccproxy_engine._stream import MessageBuilder, StreamMachine
 from ccproxy_engine._types import (
@@ -498,10 +498,16 @@ def test_no_tools_means_no_tool_choice(openai: CompiledRules) -> None:
 def test_sampling_parameters_by_model(openai: CompiledRules) -> None:
     sampling = {"temperature": 0, "top_p": 0.9, "stop_sequences": ["a", "b", "c", "d", "e"]}
     body = build(openai, model="gpt-4.1", **sampling).body
-    assert (body["temperature"], body["top_p"], body["stop"]) == (0, 0.9, ["a", "b", "c", "d"])
+    assert (body["temperature"], body["top_p"]) == (0, 0.9)
     reasoning = build(openai, model="o3", **sampling).body
-    assert not {"temperature", "top_p", "stop"} & set(reasoning)
-    assert "stop" not in build(openai, stop_sequences=[]).body
+    assert not {"temperature", "top_p"} & set(reasoning)
+
+
+def test_stop_sequences_are_emulated_never_sent(openai: CompiledRules) -> None:
+    """OpenAI would stop before the match without naming it: the engine scans for them instead."""
+    assert openai.emulate_stop_sequences
+    for model in ("gpt-4.1", "o3"):
+        assert "stop" not in build(openai, model=model, stop_sequences=["a", "b", "c", "d", "e"]).body
 
 
 @pytest.mark.parametrize(
@@ -978,7 +984,7 @@ def test_every_problem_in_a_rule_set_is_reported_and_only_that_set_is_left_out(t
     with pytest.raises(RuleError) as caught:
         require_compiled({"broken": broken, "good": good})
     assert len(caught.value.diagnostics) == 5
-    assert "broken.yaml:4:13: unknown variable 'modle' (did you mean 'model'?) [bad-template]" in str(caught.value)
+    assert "broken.yaml:4:16: unknown variable 'modle' (did you mean 'model'?) [bad-template]" in str(caught.value)
 
 
 def test_a_child_of_the_openai_rules_overrides_templates_and_deletes_keys(tmp_path: Path) -> None:
@@ -1011,3 +1017,61 @@ def test_a_child_of_the_openai_rules_overrides_templates_and_deletes_keys(tmp_pa
     assert list(body)[:3] == ["model", "messages", "max_tokens"], "inherited keys keep their order"
     assert vendor.default("api_key", {"VENDOR_KEY": "v"}) == "v"
     assert vendor.capabilities("vendor-large")["vision"] is False
+
+
+# --- request hooks: tool ids, auth header ------------------------------------------------------
+
+
+def vendor(tmp_path: Path, text: str) -> CompiledRules:
+    path = tmp_path / "vendor.yaml"
+    path.write_text("extends: openai\n" + textwrap.dedent(text), encoding="utf-8")
+    return require_compiled(require_rules([path]))["vendor"]
+
+
+TOOL_TURNS = [
+    {"role": "user", "content": "List the files, then show the logo."},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01A", "name": "ls", "input": {}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A", "content": [
+        {"type": "text", "text": "logo.png"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]},
+]
+
+
+def test_tool_id_maps_every_id_sent_the_same_way(tmp_path: Path) -> None:
+    provider = vendor(tmp_path, """\
+        request:
+          tool_id: "{{ model ~ '-' ~ id[-3:] }}"
+    """)
+    messages = upstream_messages(provider, TOOL_TURNS)
+    assert messages[1]["tool_calls"][0]["id"] == "gpt-4.1-01A"
+    assert messages[2] == {"role": "tool", "tool_call_id": "gpt-4.1-01A", "content": "logo.png"}
+    assert messages[3]["content"][0] == {"type": "text", "text": "Output of tool call gpt-4.1-01A:"}
+
+
+def test_without_tool_id_ids_go_as_the_client_sent_them(openai: CompiledRules) -> None:
+    messages = upstream_messages(openai, TOOL_TURNS)
+    assert messages[1]["tool_calls"][0]["id"] == messages[2]["tool_call_id"] == "toolu_01A"
+
+
+def test_mistral_ids_are_short_ids_and_its_own_ids_survive_the_round_trip() -> None:
+    mistral = require_compiled(require_rules())["mistral"]
+    turns = [*TOOL_TURNS[:2], {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "logo.png"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "aB3dE5gH9", "name": "ls", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "aB3dE5gH9", "content": "ok"}]}]
+    messages = mistral.build_request({"max_tokens": 10, "messages": turns}, model="mistral-large-latest",
+                                     provider_vars=PROVIDER, stream=False).body["messages"]
+    ids = [call["id"] for m in messages for call in m.get("tool_calls") or ()]
+    results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert ids == results == [short_id("toolu_01A", 9), "aB3dE5gH9"]
+
+
+def test_the_key_in_another_header(tmp_path: Path) -> None:
+    """docs/adding-a-provider.md: `null` deletes the inherited Bearer header."""
+    provider = vendor(tmp_path, """\
+        request:
+          headers: {authorization: null, api-key: "{{ provider.api_key }}"}
+    """)
+    headers = build(provider).headers
+    assert headers["api-key"] == PROVIDER["api_key"]
+    assert "authorization" not in headers

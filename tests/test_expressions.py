@@ -125,6 +125,8 @@ SELECTORS = [
     "reasoning_content || reasoning", "!thought && text", "thought && text", "a[1][0]", "a | [0]",
     "usage.prompt_tokens == `10`", "n > `0`", "n <= `0.5`", "n != `true`", "!n", "`{\"k\": [1]}`",
     "length(a)", "json_encode(a)", "integers(s)", "@",
+    "{x: a, y: n}", "a.{x: k}", "n && [{i: n, t: text}]", "json_encode({k: s})",
+    "object == 'error'", "text != 'x'", "text == `\"x\"`", "'x' == text", "n == ''",
 ]
 
 
@@ -154,6 +156,6 @@ def test_native_selectors_match_jmespath(expression: str) -> None:
         assert outcome(lambda d=data: native(d)) == expected, (expression, data)
 
 
-@pytest.mark.parametrize("expression", ["a[*].b", "a[?b == `1`]", "a.{x: b}", "a[1:2]", "sort_by(a, &b)"])
+@pytest.mark.parametrize("expression", ["a[*].b", "a[?b == `1`]", "a.*", "a[1:2]", "sort_by(a, &b)"])
 def test_other_selectors_keep_the_interpreter(expression: str) -> None:
     assert compile_jmespath(jmespath.compile(expression).parsed, JMESPATH_OPTIONS.custom_functions) is None

@@ -433,10 +433,11 @@ def test_unknown_variable_with_a_suggestion(tmp_path: Path) -> None:
           f: {$if: reqest, then: 1}
     """, names=frozenset({"request", "x"}))
     assert spots(ctx) == [
-        (2, 7, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'reqest' (did you mean 'request'?)"),
-        (3, 7, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'requets' (did you mean 'request'?)"),
-        (5, 32, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'zzzzzz'"),
-        (6, 7, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'reqest' (did you mean 'request'?)"),
+        # at the name itself, not at the `{{` around it
+        (2, 10, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'reqest' (did you mean 'request'?)"),
+        (3, 16, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'requets' (did you mean 'request'?)"),
+        (5, 46, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'zzzzzz'"),
+        (6, 10, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'reqest' (did you mean 'request'?)"),
         (7, 12, DiagnosticCode.BAD_TEMPLATE, "unknown variable 'reqest' (did you mean 'request'?)"),
     ]
 
@@ -482,7 +483,7 @@ JINJA_SPOTS = [
     (("request", "body", "block"), 13, 7, DiagnosticCode.BAD_TEMPLATE),  # the text's second line
     (("request", "body", "block_expression"), 17, 9, DiagnosticCode.UNKNOWN_FILTER),  # third line
     (("request", "body", "block_in_list", 0), 21, 9, DiagnosticCode.BAD_TEMPLATE),
-    (("request", "body", "block_unknown_variable"), 25, 7, DiagnosticCode.BAD_TEMPLATE),
+    (("request", "body", "block_unknown_variable"), 25, 17, DiagnosticCode.BAD_TEMPLATE),  # the name
 ]
 
 

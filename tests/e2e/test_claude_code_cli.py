@@ -7,8 +7,10 @@ served as its own process, which routes to a scripted fake upstream. The scripte
 Write, then answers with text once it sees the tool result. The test asserts what a user would see
 (exit code, the JSON result, the file) and what the provider saw (a valid tool-result turn, the full
 tool list, streamed requests only, bodies the provider accepts). Each provider in PROVIDERS runs it:
-OpenAI (bodies inside the `openai` SDK's types), the Anthropic passthrough (the provider's key) and
-Gemini (bodies inside the google-genai SDK's types and Gemini's turn and signature rules).
+OpenAI (bodies inside the `openai` SDK's types), the Anthropic passthrough (the provider's key),
+Gemini (bodies inside the google-genai SDK's types and Gemini's turn and signature rules) and the
+OpenAI Responses API with a Responses-only model (bodies inside the `openai` SDK's
+`ResponseCreateParams`, encrypted reasoning carried back through the CLI).
 
 Run it with `./scripts/install-claude-code && .venv/bin/pytest -m claude_code`; without the CLI it
 skips. `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
@@ -39,6 +41,10 @@ from fakes.gemini_upstream import Call as GeminiCall
 from fakes.gemini_upstream import Calls as GeminiCalls
 from fakes.gemini_upstream import FakeGemini
 from fakes.gemini_upstream import Text as GeminiText
+from fakes.responses_upstream import Call as ResponsesCall
+from fakes.responses_upstream import Calls as ResponsesCalls
+from fakes.responses_upstream import FakeResponses, Reasoning
+from fakes.responses_upstream import Text as ResponsesText
 from fakes.server import ASGIApp, Receive, Scope, Send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -297,12 +303,57 @@ class GeminiUpstream:
         assert not unsigned, f"function calls sent back without the signature the fake issued: {unsigned}"
 
 
+def responses_turn(body: Mapping[str, Any]) -> Turn:
+    """The Responses API pairs calls and outputs by `call_id`, anywhere in `input`; an output is text
+    or a list of input parts."""
+    items = [item for item in body.get("input") or [] if isinstance(item, dict)]
+    calls = {item["call_id"]: (item["name"], json.loads(item["arguments"] or "{}"))
+             for item in items if item.get("type") == "function_call"}
+    results = {item["call_id"]: _text_of(item.get("output"))
+               for item in items if item.get("type") == "function_call_output"}
+    tools = [tool["name"] for tool in body.get("tools") or [] if tool.get("type") == "function"]
+    return Turn(tools=tools, streamed=body.get("stream") is True, calls=calls, results=results)
+
+
+class ResponsesUpstream:
+    """FakeResponses (a body outside the openai SDK's `ResponseCreateParams` types or the protocol
+    rules gets a 400) answering through its responder. The Write call comes after a reasoning item
+    whose encrypted content the fake accepts back only if it issued it: the CLI must carry it."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.fake = FakeResponses(api_key=UPSTREAM_KEY, responder=self._respond)
+        self.app: ASGIApp = self.fake
+        self._model = model
+
+    def _respond(self, body: dict[str, Any]) -> ResponsesText | Reasoning:
+        answer = self._model.answer(responses_turn(body))
+        if isinstance(answer, Say):
+            return ResponsesText(answer.text)
+        call = ResponsesCall("Write", answer.arguments(), id=answer.call_id)
+        return Reasoning(["Write the file."], then=ResponsesCalls([call], split=4))
+
+    def turns(self) -> list[Turn]:
+        return [responses_turn(request.body) for request in self.fake.requests if isinstance(request.body, dict)]
+
+    def assert_valid(self) -> None:
+        self.fake.assert_all_accepted()
+        refused = [(r.path, r.status, r.problems) for r in self.fake.requests if r.status != 200]
+        assert not refused, f"the fake refused requests: {refused}"
+        # the reasoning of the Write step went through the CLI and back, in front of its call
+        bodies = [request.body for request in self.fake.requests if isinstance(request.body, dict)]
+        carried = [items[i - 1] for body in bodies for items in [body["input"]] for i, item in enumerate(items)
+                   if item.get("type") == "function_call" and i and items[i - 1].get("type") == "reasoning"]
+        assert carried, "no request carried the Write step's reasoning back"
+        assert all(item["encrypted_content"] in self.fake.issued_reasoning.values() for item in carried)
+
+
 #: One row per provider; a new one needs its fake wrapped like the ones above (read a Turn from its
 #: wire, answer the model's Say/WriteFile in it).
 PROVIDERS = [
     Provider("openai", "gpt-4.1", "/v1", OpenAIUpstream),
     Provider("anthropic", "claude-sonnet-4-5", "", AnthropicUpstream),
     Provider("gemini", "gemini-2.5-flash", "/v1beta", GeminiUpstream),
+    Provider("openai-responses", "gpt-5-codex", "/v1", ResponsesUpstream),
 ]
 
 
@@ -535,6 +586,30 @@ def test_the_scripted_model_finds_a_gemini_function_response_that_other_content_
     refused = {"role": "user", "parts": [{"functionResponse": error}]}
     failed = gemini_turn({**body, "contents": [*contents[:2], refused]}, streamed=False)
     assert (failed.results, failed.streamed) == ({write.call_id: "denied"}, False)
+
+
+def test_the_scripted_model_finds_a_responses_output_anywhere_in_the_input(tmp_path: Path) -> None:
+    """On the Responses API the tool result is a function_call_output item paired by call_id; the
+    CLI's reminders may follow it as messages."""
+    model = ScriptedModel(tmp_path / "hello.txt")
+    write = model.write
+    arguments = json.dumps(write.arguments())
+    output = [{"type": "input_text", "text": "created"}]
+    items: list[dict[str, Any]] = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "task"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "e"},
+        {"type": "function_call", "call_id": write.call_id, "name": "Write", "arguments": arguments},
+        {"type": "function_call_output", "call_id": write.call_id, "output": output},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<system-reminder>"}]},
+    ]
+    body = {"stream": True, "tools": [{"type": "function", "name": name} for name in ("Bash", "Write")],
+            "input": items}
+    turn = responses_turn(body)
+    assert turn.calls == {write.call_id: ("Write", write.arguments())}
+    assert turn.results == {write.call_id: "created"}
+    assert model.answer(turn) == Say(DONE_TEXT)
+    assert model.answer(responses_turn({**body, "input": items[:1]})) == write
+    assert model.answer(responses_turn({**body, "tools": []})) == Say(SIDE_TEXT)
 
 
 @pytest.mark.e2e

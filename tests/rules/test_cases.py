@@ -25,7 +25,8 @@ provider takes beyond the openai SDK's request types (every other key must fit t
 provider's own request rules, which every upstream body must keep (Mistral's 9-character tool-call
 ids, DeepSeek's reasoning_content on tool-call turns, ...). A
 provider with a wire format of its own is in `NATIVE_UPSTREAMS` instead, with its default model and
-its fake's request checks (Gemini: the google-genai SDK types and the protocol rules). The
+its fake's request checks (Gemini: the google-genai SDK types and the protocol rules; the OpenAI
+Responses API: the openai SDK's `ResponseCreateParams` types and the protocol rules). The
 provider's settings are what a config naming only the provider would give: the rule's default
 headers, and an API key unless the rule's defaults name none (a keyless local server).
 
@@ -48,6 +49,7 @@ import orjson
 import pytest
 from fakes import check_sdk_types, dialect
 from fakes import gemini_upstream as gemini
+from fakes import responses_upstream as responses
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -303,8 +305,15 @@ def anthropic_problems(url: str, body: dict[str, Any]) -> list[str]:
             for error in anthropic_request_schema().iter_errors(body)]
 
 
+def responses_problems(url: str, body: dict[str, Any]) -> list[str]:
+    """What the fake Responses API would refuse in a request (encrypted reasoning is checked for
+    presence and placement only: the cases make their own up)."""
+    return [str(problem) for problem in responses.check_sdk_types(body)] + responses.validate_request(body)
+
+
 NATIVE_UPSTREAMS: dict[str, tuple[str, Callable[[str, dict[str, Any]], list[str]]]] = {
     "gemini": ("gemini-2.5-pro", gemini_problems),
+    "openai-responses": ("gpt-5-codex", responses_problems),
     "anthropic": ("claude-sonnet-4-5", anthropic_problems),
 }
 """Providers that do not speak OpenAI's wire format: default upstream model, request checks (url, body)."""
@@ -360,10 +369,13 @@ def reply_bytes(body: Any) -> bytes:
 
 
 def stream_events(provider: Endpoint, call: UpstreamCall, chunks: list[Any]) -> list[dict[str, Any]]:
-    """A 200 stream, one SSE record per chunk then EOF, through the endpoint's own translator."""
+    """A 200 stream, one SSE record per chunk then EOF, through the endpoint's own translator; the
+    chunks after the translator is done are never read, as the app closes the upstream then."""
     translator = provider.events(call, 0)
     events = translator.start()
     for chunk in chunks:
+        if translator.is_done:
+            break
         events += translator.feed_record(chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode())
     events += translator.finish()
     return [{"event": name, **payload} for name, payload in events]
