@@ -222,11 +222,11 @@ class ResponseDecoder:
             return None
         cache_read = _as_int(selectors.cache_read(chunk))
         cache_write = _as_int(selectors.cache_write(chunk))
-        input_tokens = None
-        if total_in is not None:
-            input_tokens = max(0, _as_int(total_in) - cache_read - cache_write)
-        return UsageDelta(input_tokens=input_tokens,
-                          output_tokens=None if output is None else _as_int(output),
+        output_tokens = None if output is None else _as_int(output)
+        if total_in is None:  # an output-only count (Anthropic's message_delta) keeps the input counts
+            return UsageDelta(output_tokens=output_tokens)
+        return UsageDelta(input_tokens=max(0, _as_int(total_in) - cache_read - cache_write),
+                          output_tokens=output_tokens,
                           cache_read_input_tokens=cache_read, cache_creation_input_tokens=cache_write)
 
 
@@ -448,7 +448,8 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     ctx = CompileContext(rule_set, names)
     request = data.get("request") or {}
     passthrough = bool(data.get("passthrough", False))
-    missing = [key for key in (("url",) if passthrough else ("url", "body")) if key not in request]
+    required = ("url",) if passthrough else ("body",) if data.get("inbound") else ("url", "body")
+    missing = [key for key in required if key not in request]
     for key in missing:
         pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
         ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
