@@ -159,7 +159,7 @@ def wait_first_answer(port: int, body: bytes, process: subprocess.Popen[bytes], 
         try:
             if valid_message(port, body):
                 return
-        except (ConnectionError, http.client.RemoteDisconnected, socket.timeout):
+        except (TimeoutError, ConnectionError, http.client.RemoteDisconnected):
             time.sleep(0.005)
     raise RuntimeError("no valid answer in time")
 
@@ -229,7 +229,8 @@ def litellm_target(upstream_port: int) -> Target | None:
     config = SCRATCH / "litellm.yaml"
     config.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/gpt-4.1\n"
                       f"      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: sk-bench\n")
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     return Target("litellm", [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                               "--num_workers", "1"], env, port=port)
 
@@ -240,8 +241,8 @@ def litellm_target(upstream_port: int) -> Target | None:
 def wrk(port: int, path: str, body_file: Path, concurrency: int, seconds: float) -> dict[str, float]:
     """One wrk run (one thread, on this script's core); requests/s and latency percentiles in ms."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(BENCH / "wrk_post.lua"),
-         f"http://127.0.0.1:{port}{path}"],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+         "-s", str(BENCH / "wrk_post.lua"), f"http://127.0.0.1:{port}{path}"],
         env={**os.environ, "BENCH_BODY": str(body_file)}, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("WRKJSON "))
     data = json.loads(line[len("WRKJSON "):])
