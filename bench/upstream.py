@@ -8,6 +8,7 @@ before the last, as from a real model, only without the model's delays). Serve i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ STREAM = (
                                                                    "completion_tokens": 40}}) + b"\n\n",
        b"data: [DONE]\n\n"])
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+_IS_STREAM = re.compile(rb'"stream"\s*:\s*true')
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -39,7 +41,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    if b'"stream":true' not in body:
+    if not _IS_STREAM.search(body):
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
         await send({"type": "http.response.body", "body": ANSWER})
         return
