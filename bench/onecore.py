@@ -230,7 +230,9 @@ def litellm_target(upstream_port: int) -> Target | None:
     config.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/gpt-4.1\n"
                       f"      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: sk-bench\n")
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
-           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+           # /v1/messages to an OpenAI model: chat completions like the other proxies, not /v1/responses
+           "LITELLM_USE_CHAT_COMPLETIONS_URL_FOR_ANTHROPIC_MESSAGES": "true"}
     return Target("litellm", [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                               "--num_workers", "1"], env, port=port)
 
@@ -332,16 +334,17 @@ def measure(target: Target, bodies: Bodies, seconds: float, runs: int) -> dict[s
     result: dict[str, Any] = {"name": target.name}
     process = None
     if target.command is not None:
+        log = RESULTS / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', target.name)}.log"
         started = time.perf_counter()
-        process = subprocess.Popen(["taskset", "-c", str(PROXY_CORE), *target.command],
-                                   env={**os.environ, **target.env}, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with log.open("wb") as output:  # a pipe nobody reads would block a chatty server
+            process = subprocess.Popen(["taskset", "-c", str(PROXY_CORE), *target.command],
+                                       env={**os.environ, **target.env}, start_new_session=True,
+                                       stdout=output, stderr=subprocess.STDOUT)
         try:
             wait_first_answer(target.port, bodies.small.read_bytes(), process)
         except RuntimeError as exc:
             stop(process)
-            stderr = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
-            raise RuntimeError(f"{target.name}: {exc}\n{stderr}") from None
+            raise RuntimeError(f"{target.name}: {exc}; its output: {log}") from None
         result["cold_start_s"] = time.perf_counter() - started
         time.sleep(2.0)
         result["idle_rss_mb"], result["idle_pss_mb"] = tree_memory_mb(process.pid)
