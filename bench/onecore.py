@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -228,7 +229,9 @@ def litellm_target(upstream_port: int) -> Target | None:
     port = free_port()
     config = SCRATCH / "litellm.yaml"
     config.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/gpt-4.1\n"
-                      f"      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: sk-bench\n")
+                      f"      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: sk-bench\n"
+                      # Claude Code's thinking settings have no gpt-4.1 equivalent: drop, as ccproxy-engine does
+                      "litellm_settings:\n  drop_params: true\n")
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
            "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
            # /v1/messages to an OpenAI model: chat completions like the other proxies, not /v1/responses
@@ -250,8 +253,10 @@ def wrk(port: int, path: str, body_file: Path, concurrency: int, seconds: float)
     data = json.loads(line[len("WRKJSON "):])
     if data["status_errors"] or data["socket_errors"]:
         raise RuntimeError(f"wrk saw errors: {data}")
-    return {"requests": data["requests"], "rps": data["requests"] / (data["duration_us"] / 1e6),
-            "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000}
+    done = data["requests"]
+    return {"requests": done, "rps": done / (data["duration_us"] / 1e6),  # no request finished: no latency
+            "p50_ms": data["p50_us"] / 1000 if done else math.nan,
+            "p99_ms": data["p99_us"] / 1000 if done else math.nan}
 
 
 async def _stream_load(port: int, path: str, body: bytes, concurrency: int, seconds: float,
@@ -357,7 +362,8 @@ def measure(target: Target, bodies: Bodies, seconds: float, runs: int) -> dict[s
                 cpu_before = tree_cpu_seconds(process.pid) if process else 0.0
                 row = run(target, bodies, seconds)
                 if process:
-                    row["cpu_ms_per_request"] = (tree_cpu_seconds(process.pid) - cpu_before) * 1000 / row["requests"]
+                    spent = tree_cpu_seconds(process.pid) - cpu_before
+                    row["cpu_ms_per_request"] = spent * 1000 / row["requests"] if row["requests"] else math.nan
                 rounds[name].append(row)
         for name, rows in rounds.items():
             result[name] = {key: statistics.median(row[key] for row in rows) for key in rows[0]}

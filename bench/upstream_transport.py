@@ -7,7 +7,8 @@ every POST with a small JSON body. The client sends the requests one after anoth
 body, through `UpstreamClient.send` + `read` (the engine's real path), and reports wall time and this
 process's CPU time per request, best of the rounds, plus the ratio default/aiohttp. A third row
 sends the same calls on a bare ``httpx.AsyncClient`` with the aiohttp transport: the difference to
-the first row is what `UpstreamClient` itself costs.
+the first row is what `UpstreamClient` itself costs. The fourth uses aiohttp alone (no httpx): the
+difference to the third is what the httpx layer costs.
 """
 
 from __future__ import annotations
@@ -83,6 +84,26 @@ async def _measure_bare(url: str, count: int) -> tuple[float, float]:
         return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
+async def _measure_aiohttp(url: str, count: int) -> tuple[float, float]:
+    """The same calls on aiohttp alone (one ClientSession, body read in chunks as the engine does):
+    the floor under any httpx layer."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def call() -> None:
+            async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
+                assert response.status == 200
+                b"".join([chunk async for chunk in response.content.iter_any()])
+
+        for _ in range(100):
+            await call()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            await call()
+        return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
 async def _measure(transport: httpx.AsyncBaseTransport | None, url: str, count: int) -> tuple[float, float]:
     request = UpstreamRequest(provider="bench", url=url, headers={"content-type": "application/json"},
                               body=BODY, stream=False, timeouts=Timeouts())
@@ -118,11 +139,12 @@ def main() -> None:
         run = uvloop.run
     try:
         results: dict[str, list[tuple[float, float]]] = {
-            "aiohttp": [], "httpx-default": [], "bare aiohttp": []}
+            "aiohttp": [], "httpx-default": [], "bare httpx+aiohttp": [], "aiohttp alone": []}
         for _ in range(args.rounds):  # interleaved, so drift hits all alike
             results["aiohttp"].append(run(_measure(None, url, args.requests)))
             results["httpx-default"].append(run(_measure(httpx.AsyncHTTPTransport(), url, args.requests)))
-            results["bare aiohttp"].append(run(_measure_bare(url, args.requests)))
+            results["bare httpx+aiohttp"].append(run(_measure_bare(url, args.requests)))
+            results["aiohttp alone"].append(run(_measure_aiohttp(url, args.requests)))
     finally:
         server.kill()
     best = {name: (min(w for w, _ in rows), min(c for _, c in rows)) for name, rows in results.items()}
@@ -130,7 +152,7 @@ def main() -> None:
           f"best of {args.rounds} rounds")
     for name, (wall, cpu) in best.items():
         median = statistics.median(w for w, _ in results[name])
-        print(f"  {name:14} wall {wall * 1e6:7.0f} µs/req (median {median * 1e6:.0f})   "
+        print(f"  {name:18} wall {wall * 1e6:7.0f} µs/req (median {median * 1e6:.0f})   "
               f"client CPU {cpu * 1e6:7.0f} µs/req   {1 / wall:7.0f} req/s")
     ratio_wall = best["httpx-default"][0] / best["aiohttp"][0]
     ratio_cpu = best["httpx-default"][1] / best["aiohttp"][1]
