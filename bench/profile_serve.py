@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -90,6 +91,45 @@ def rank(raw: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+#: (category, test on "function (file)") in order; the first that matches a sample's top frame wins.
+#: A Python frame that awaits native code (granian's send/receive, the uvloop run loop) is on top of
+#: the stack while that native code runs, so those frames stand for it.
+CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
+    ("granian: response out (native, under Litestar's send)",
+     lambda fn, f: "capture_response_started" in fn or fn.startswith("ASGIResponse.send_body")),
+    ("granian: request body in (native, under Request.stream)", lambda fn, f: fn.startswith("Request.stream")),
+    ("event loop itself (uvloop: polling, callbacks)", lambda fn, f: "_spawn_asgi_lifespan_worker" in fn
+     or fn.startswith("serve (granian")),
+    ("request schema check (fastjsonschema)", lambda fn, f: f.startswith("<string>") or "fastjsonschema" in f),
+    ("rules: request chain (templates, expressions, Jinja filters, functions)",
+     lambda fn, f: any(m in f for m in ("engine/_template", "engine/_expressions", "engine/_compiler",
+                                         "engine/_functions", "jinja2", "jmespath"))),
+    ("httpx layer", lambda fn, f: "httpx" in f),
+    ("aiohttp client", lambda fn, f: "aiohttp" in f),
+    ("Litestar", lambda fn, f: "litestar" in f),
+    ("token counting", lambda fn, f: "engine/_tokens" in f or "tiktoken" in f),
+    ("answer and stream translation", lambda fn, f: any(m in f for m in ("engine/_stream", "engine/_sse",
+                                                                          "engine/_translate"))),
+    ("engine: app, router, upstream client", lambda fn, f: "engine/" in f),
+    ("asyncio, threads", lambda fn, f: any(m in f for m in ("asyncio", "concurrent", "threading", "uvloop"))),
+]
+
+
+def categories(raw: Path) -> str:
+    """Self samples grouped by what the top frame belongs to, largest first."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")[1:]
+        if not frames:
+            continue
+        total += int(count_text)
+        function, _, where = frames[-1].partition(" (")
+        counts[next((name for name, test in CATEGORIES if test(function, where)), "other")] += int(count_text)
+    return "\n".join(f"  {n / total:6.1%}  {name}" for name, n in counts.most_common())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
@@ -149,6 +189,7 @@ def main() -> None:
     for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         if seconds > 0:
             print(f"  {seconds / busy:6.1%}  {name}")
+    print(f"\nPython-thread samples by category (top frame):\n{categories(raw)}")
     print(f"\n{rank(raw, args.top)}\n\nraw stacks: {raw}")
 
 
