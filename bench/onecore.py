@@ -1,7 +1,7 @@
 """The proxy on one core, measured the way a user's benchmark would, in one run.
 
     bash bench/install_competitors.sh            # optional, once: the other proxies, into bench/.scratch/
-    .venv/bin/python bench/onecore.py [--seconds 5] [--runs 3] [--compare REF] [--only NAME ...]
+    .venv/bin/python bench/onecore.py [--seconds 5] [--runs 3] [--compare REF] [--variant NAME=DIR] [--only NAME]
 
 Layout (2 cores): each proxy runs alone on core 1 (``taskset -c 1``, so its whole process tree:
 granian's parent and worker, node, LiteLLM's workers); this script, the load generator (wrk, one
@@ -15,6 +15,8 @@ Targets, one after another (each started, measured and stopped before the next):
   * ``ccproxy-engine``: the real ``ccproxy-engine serve --config`` of this checkout.
   * ``ccproxy-engine@REF`` (``--compare REF``, repeatable): the engine/ of a git ref, extracted with
     ``git archive`` into bench/.scratch/ and served by the same command: a before/after in one run.
+  * ``ccproxy-engine NAME`` (``--variant NAME=DIR``): the ccproxy_engine package in DIR, e.g. the
+    copy bench/wired_variant.py makes with this checkout's prototypes wired into the app.
   * ``claude-code-router`` and ``litellm``, when bench/install_competitors.sh installed them.
 
 Per target: cold start (process start to the first valid /v1/messages answer, a 10 KB request),
@@ -414,6 +416,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds per target; medians reported (default 3)")
     parser.add_argument("--compare", action="append", default=[], metavar="REF",
                         help="also serve engine/ of this git ref (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="also serve the ccproxy_engine package found in DIR (e.g. bench/wired_variant.py's)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="measure only targets whose name contains NAME (the upstream alone always runs)")
     args = parser.parse_args()
@@ -434,6 +438,8 @@ def main() -> None:
         targets: list[Target | None] = [
             ccproxy_target("ccproxy-engine", upstream_port),
             *(ccproxy_target(f"ccproxy-engine@{ref}", upstream_port, extract_ref(ref)) for ref in args.compare),
+            *(ccproxy_target(f"ccproxy-engine {name}", upstream_port, str(Path(folder).resolve()))
+              for name, _, folder in (variant.partition("=") for variant in args.variant)),
             ccr_target(upstream_port), litellm_target(upstream_port),
         ]
         chosen = [t for t in targets if t and (not args.only or any(o in t.name for o in args.only))]
