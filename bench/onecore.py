@@ -196,8 +196,9 @@ def extract_ref(ref: str) -> str:
     destination = SCRATCH / f"ref-{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}"
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", ref, "engine"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
+    # engine/rules and engine/schemas are symlinks to ../rules and ../schemas: those come along
+    archive = subprocess.run(["git", "archive", "--format=tar", ref, "engine", "rules", "schemas"], cwd=ROOT,
+                             check=True, capture_output=True).stdout
     with tempfile.TemporaryFile() as tmp:
         tmp.write(archive)
         tmp.seek(0)
@@ -447,7 +448,10 @@ def main() -> None:
         results = [measure(floor, openai, args.seconds, args.runs)]
         for target in chosen:
             print(f"measuring {target.name} ...", file=sys.stderr)
-            results.append(measure(target, anthropic, args.seconds, args.runs))
+            try:
+                results.append(measure(target, anthropic, args.seconds, args.runs))
+            except (RuntimeError, subprocess.CalledProcessError) as exc:  # the others still get measured
+                print(f"  {target.name} failed: {exc}", file=sys.stderr)
     finally:
         stop(upstream)
     stamp = time.strftime("%Y%m%d-%H%M%S")
