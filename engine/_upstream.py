@@ -415,8 +415,9 @@ class _Failure:
 
 
 def _classify(exc: BaseException) -> str:
-    """The failure kind. httpx-aiohttp maps aiohttp errors coarsely (a refused connection arrives as
-    ``ConnectTimeout``), so the aiohttp cause decides whenever there is one."""
+    """The failure kind. aiohttp's own errors arrive directly; through httpx-aiohttp (a transport a
+    caller may pass) they are mapped coarsely (a refused connection arrives as ``ConnectTimeout``),
+    so the aiohttp cause decides whenever there is one."""
     cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
     if isinstance(cause, aiohttp.ClientError):
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
