@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--variant", metavar="DIR", help="profile the ccproxy_engine package in DIR instead")
     args = parser.parse_args()
     os.sched_setaffinity(0, {LOAD_CORE})
     RESULTS.mkdir(exist_ok=True)
@@ -153,7 +154,8 @@ def main() -> None:
     upstream = subprocess.Popen(
         [sys.executable, "-m", "granian", "--interface", "asgi", "--port", str(upstream_port), "--workers", "1",
          "--runtime-threads", "1", "--log-level", "error", "upstream:app"], cwd=BENCH, start_new_session=True)
-    target = ccproxy_target("ccproxy-engine", upstream_port)
+    target = ccproxy_target("ccproxy-engine", upstream_port,
+                            str(Path(args.variant).resolve()) if args.variant else None)
     assert target.command is not None
     proxy = subprocess.Popen(["taskset", "-c", str(PROXY_CORE), *target.command], start_new_session=True,
                              env={**os.environ, **target.env}, stderr=subprocess.DEVNULL)
@@ -163,7 +165,7 @@ def main() -> None:
         _wait_port(upstream_port)
         wait_first_answer(target.port, bodies.small.read_bytes(), proxy)
         pids = tree_pids(proxy.pid)
-        worker = pids[-1]  # granian's worker: the process that runs the app
+        worker = pids[-1]  # the process that runs the app (granian's worker, or the one process)
         wrk = subprocess.Popen(
             ["wrk", "-t1", f"-c{args.concurrency}", f"-d{args.seconds + 4}s", "--timeout", "30s",
              "-s", str(BENCH / "wrk_post.lua"), f"http://127.0.0.1:{target.port}/v1/messages"],
