@@ -99,8 +99,9 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
      lambda fn, f: "capture_response_started" in fn or fn.startswith("ASGIResponse.send_body")),
     ("granian: request body in (native, under Request.stream)", lambda fn, f: fn.startswith("Request.stream")),
     ("event loop itself (uvloop: polling, callbacks)", lambda fn, f: "_spawn_asgi_lifespan_worker" in fn
-     or fn.startswith("serve (granian")),
-    ("request schema check (fastjsonschema)", lambda fn, f: f.startswith("<string>") or "fastjsonschema" in f),
+     or fn.startswith(("serve (granian", "Runner.run"))),
+    ("request schema check", lambda fn, f: f.startswith("<string>") or "fastjsonschema" in f
+     or "engine/_fastcheck" in f or "engine/_validation" in f),
     ("rules: request chain (templates, expressions, Jinja filters, functions)",
      lambda fn, f: any(m in f for m in ("engine/_template", "engine/_expressions", "engine/_compiler",
                                          "engine/_functions", "jinja2", "jmespath"))),
