@@ -10,7 +10,6 @@ rendered by one handler in the envelope of the API the client called, with the m
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -290,12 +289,11 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         started = time.perf_counter()
         await proxy.upstream.open()
-        warm = asyncio.ensure_future(asyncio.to_thread(proxy.tokens.warm_up))
+        # the tokenizer (about 25 MB) loads on the first count, in a thread: idle memory does not carry it
         logger.debug("upstream pools open in %.1f ms", (time.perf_counter() - started) * 1000)
         try:
             yield
         finally:
-            warm.cancel()
             await proxy.upstream.aclose()
 
     for provider in settings.providers.values():
