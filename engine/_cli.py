@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -148,27 +148,48 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             lock.close()
 
 
-def _cmd_translate(args: argparse.Namespace) -> int:
-    """Print the upstream request the rules build for a request file (and translate a recorded answer)."""
-    from ._inspect import describe_call, error_text, missing_variables, prepare_call, read_request, \
-        route_request, translate_answer
-    from ._tokens import TokenCounter
+def _prepare_offline(args: argparse.Namespace, *, fill_embedded: bool
+                     ) -> tuple[Settings, dict[str, CompiledRules], dict[str, str]] | None:
+    """`prepare` for commands that send nothing: a ``${VAR}`` left unset gets a placeholder, so a
+    rule author needs no keys. For a config file that changes no route (a provider a route uses
+    would be an error, an unused one only disabled); for the embedded default it would (unset keys
+    drop providers there), so `route` fills them only in a file (`fill_embedded`)."""
+    from ._inspect import missing_variables
 
     config = Path(args.config) if args.config else None
     env = dict(os.environ)
     try:
-        unset = missing_variables(config, env)
+        unset = missing_variables(config, env) if config or fill_embedded else []
     except OSError as exc:
         print(f"ccproxy-engine: {args.config}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    for name in unset:
-        print(f"note: {name} is not set; a placeholder stands in for it (nothing is sent)", file=sys.stderr)
-        env[name] = f"unset-{name}"
+        return None
+    if unset:
+        print(f"note: not set, a placeholder stands in (nothing is sent): {', '.join(unset)}", file=sys.stderr)
+    env.update({name: f"unset-{name}" for name in unset})
     try:
         settings, rules = prepare(config, [Path(p) for p in args.rules], env)
     except SetupError as exc:
         _print_diagnostics(exc.diagnostics)
+        return None
+    return settings, rules, env
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    """Print the upstream request the rules build for a request file (and translate a recorded answer)."""
+    from ._inspect import (
+        describe_call,
+        error_text,
+        prepare_call,
+        read_request,
+        route_request,
+        translate_answer,
+    )
+    from ._tokens import TokenCounter
+
+    loaded = _prepare_offline(args, fill_embedded=True)
+    if loaded is None:
         return 1
+    settings, rules, env = loaded
     try:
         request = read_request(Path(args.request))
         target = RouteTarget.parse(args.model) if args.model else route_request(settings, request).primary
@@ -195,13 +216,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
     """Print the route `serve` would take for a request file, and why."""
     from ._inspect import read_request, route_request
 
-    try:
-        settings, _ = prepare(args.config, [Path(p) for p in args.rules])
-        request = read_request(Path(args.request))
-        route = route_request(settings, request)
-    except SetupError as exc:
-        _print_diagnostics(exc.diagnostics)
+    loaded = _prepare_offline(args, fill_embedded=False)
+    if loaded is None:
         return 1
+    try:
+        route = route_request(loaded[0], read_request(Path(args.request)))
     except EngineError as exc:
         print(f"ccproxy-engine: {exc.message}", file=sys.stderr)
         return 1

@@ -316,7 +316,8 @@ def status(instance: Instance) -> int:
         return 3
     info = instance.info()
     url = url_of(str(info.get("host", "127.0.0.1")), int(info.get("port", 0)))
-    lines = [f"ccproxy-engine: running (pid {instance.pid()}, up {_duration(time.time() - info.get('started', time.time()))})",
+    uptime = _duration(time.time() - float(info.get("started", time.time())))
+    lines = [f"ccproxy-engine: running (pid {instance.pid()}, up {uptime})",
              f"address:   {url}", f"config:    {info.get('config')}",
              f"providers: {', '.join(info.get('providers', [])) or 'none'}", "routes:"]
     lines += [f"  {name}: {', '.join(targets)}" for name, targets in info.get("routes", {}).items()]

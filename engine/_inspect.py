@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import orjson
 
 from ._compiler import CompiledRules
@@ -25,6 +26,7 @@ from ._router import Route, Router
 from ._sse import encode_events
 from ._tokens import TokenCounter
 from ._types import JSONObject
+from ._upstream import DEFAULT_HEADERS, request_headers
 from ._validation import MESSAGES_RANGES, RequestValidator
 from ._yaml import expand_references
 
@@ -87,8 +89,12 @@ def describe_call(endpoint: Endpoint, call: UpstreamCall) -> str:
     secrets = [s for s in (endpoint.provider_vars.get("api_key"), endpoint.settings.api_key)
                if isinstance(s, str) and len(s) >= 4]
     request = call.request
+    own = request_headers(request)
+    lowered = {name.lower() for name in own}
+    headers = {**{k: v for k, v in DEFAULT_HEADERS.items() if k not in lowered}, **own,
+               "content-length": str(len(request.body))}
     lines = [f"{request.method} {_mask(request.url, secrets)}"]
-    lines += [f"{name}: {_mask_header(name, value, secrets)}" for name, value in request.headers.items()]
+    lines += [f"{name}: {_mask_header(name, value, secrets)}" for name, value in headers.items()]
     try:
         body = orjson.dumps(orjson.loads(request.body), option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONDecodeError:

@@ -43,7 +43,7 @@ class Reloader:
         self._host, self._port = host, port
         self._instance = instance
         self._started = started or time.time()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     def __call__(self) -> None:
         """The signal handler: start a reload on the running loop."""

@@ -52,7 +52,7 @@ from httpx_aiohttp import AiohttpTransport
 from ._config import Timeouts
 from ._errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 
-__all__ = ["POOL_LIMITS", "UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
+__all__ = ["DEFAULT_HEADERS", "POOL_LIMITS", "UpstreamClient", "UpstreamRequest", "UpstreamResponse", "request_headers"]
 
 #: Per provider. A proxy multiplexes many clients onto few hosts, so the pool is larger than httpx's
 #: default (100/20), and idle connections are kept 30 s: a new TLS handshake costs more than a socket.
@@ -81,6 +81,19 @@ class UpstreamRequest:
     body: bytes = field(repr=False)
     stream: bool
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+
+
+#: Headers every upstream request carries unless its rules set them: every provider body is JSON.
+DEFAULT_HEADERS = {"user-agent": USER_AGENT, "content-type": "application/json"}
+
+
+def request_headers(request: UpstreamRequest) -> dict[str, str]:
+    """The headers `UpstreamClient.send` passes on top of `DEFAULT_HEADERS` (``translate`` shows both)."""
+    headers = request.headers
+    if request.stream and not any(key.lower() == "accept-encoding" for key in headers):
+        # a compressor between the model and us may hold tokens back until its buffer fills
+        headers = {**headers, "accept-encoding": "identity"}
+    return headers
 
 
 class UpstreamClient:
@@ -130,10 +143,7 @@ class UpstreamClient:
         """
         client = self._client(request.provider)
         timeouts = request.timeouts
-        headers = request.headers
-        if request.stream and not any(key.lower() == "accept-encoding" for key in headers):
-            # a compressor between the model and us may hold tokens back until its buffer fills
-            headers = {**headers, "accept-encoding": "identity"}
+        headers = request_headers(request)
         total = None if request.stream else timeouts.total  # streams never get an overall limit
         deadline = None if total is None else asyncio.get_running_loop().time() + total
         wait, phase = timeouts.first_byte, "first_byte"
@@ -167,9 +177,7 @@ class UpstreamClient:
             if self._ssl_context is None:  # loading the CA store takes milliseconds: once for all pools
                 self._ssl_context = httpx.create_ssl_context()
             transport = AiohttpTransport(verify=self._ssl_context, limits=POOL_LIMITS)
-        # every provider body is JSON; a rule may still set its own content-type
-        default_headers = {"user-agent": USER_AGENT, "content-type": "application/json"}
-        return httpx.AsyncClient(transport=transport, headers=default_headers,
+        return httpx.AsyncClient(transport=transport, headers=DEFAULT_HEADERS,
                                  timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
 
     def _httpx_timeout(self, timeouts: Timeouts) -> httpx.Timeout:
