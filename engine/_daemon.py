@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,15 +224,11 @@ class Instance:
 def wait_until_answering(url: str, process: subprocess.Popen[bytes] | None = None,
                          timeout: float = START_TIMEOUT) -> bool:
     """Poll ``GET url/health`` until it answers 200; False if `process` exits or `timeout` passes."""
-    import httpx
 
     def answers() -> bool:
         if process is not None and process.poll() is not None:
             raise ChildProcessError
-        try:
-            return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return get_health(url, 1.0) is not None
 
     try:
         return _wait(answers, timeout)
@@ -333,12 +330,23 @@ def status(instance: Instance) -> int:
     return 0
 
 
-def _health_lines(url: str) -> list[str]:
-    import httpx
+#: Talks to our own server: an HTTP(S)_PROXY in the environment must not be used for it.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+
+def get_health(url: str, timeout: float) -> Any:
+    """The JSON of ``GET url/health`` when it answers 200, else None. (urllib: the CLI's only HTTP call
+    needs no client stack, and httpx stays the upstream client's.)"""
     try:
-        health = httpx.get(f"{url}/health", timeout=2.0).json()
-    except (httpx.HTTPError, ValueError):
+        with _LOCAL.open(f"{url}/health", timeout=timeout) as response:
+            return json.loads(response.read()) if response.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _health_lines(url: str) -> list[str]:
+    health = get_health(url, 2.0)
+    if health is None:
         return ["health:    no answer from GET /health"]
     extra = {k: v for k, v in health.items() if k not in HEALTH_SHOWN_ELSEWHERE} if isinstance(health, dict) else {}
     return [f"health:    {health.get('status') if isinstance(health, dict) else health}",
