@@ -6,7 +6,11 @@ against the real wire formats (the `openai` SDK's request types, the `anthropic`
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +348,38 @@ def test_code_environment_points_claude_at_the_proxy() -> None:
                    "API_TIMEOUT_MS": "600000", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     assert claude_environment({}, "http://h:2", "server-key")["ANTHROPIC_AUTH_TOKEN"] == "server-key"
 
+
+
+# --- scripts/setup: installs only when the checkout changed -------------------------------------
+
+
+def test_setup_skips_an_install_that_is_current(tmp_path: Path) -> None:
+    """The stamp names the mode and pyproject.toml's hash: when both match, nothing runs (no pip);
+    when pyproject.toml changed, setup installs (here: `python3` is a stand-in that records the call)."""
+    root = Path(__file__).resolve().parent.parent
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / "scripts" / "setup").write_bytes((root / "scripts" / "setup").read_bytes())
+    (checkout / "scripts" / "setup").chmod(0o755)
+    (checkout / "pyproject.toml").write_bytes((root / "pyproject.toml").read_bytes())
+    script = checkout / ".venv" / "bin" / "ccproxy-engine"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    digest = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+    (checkout / ".venv" / ".ccproxy-install").write_text(f"editable {digest}\n")
+    current = subprocess.run([str(checkout / "scripts" / "setup")], capture_output=True, text=True, check=False)
+    assert (current.returncode, current.stdout, current.stderr) == (0, "", "")
+
+    (checkout / "pyproject.toml").write_text("# changed\n")
+    calls = tmp_path / "calls"
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    python3 = stand_in / "python3"
+    python3.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+                       f"case \"$1\" in -c) exec {sys.executable} \"$@\";; esac\n")
+    python3.chmod(0o755)
+    changed = subprocess.run([str(checkout / "scripts" / "setup")], capture_output=True, text=True, check=False,
+                             env={**os.environ, "PATH": f"{stand_in}{os.pathsep}{os.environ['PATH']}"})
+    assert "installing ccproxy-engine into .venv (editable)" in changed.stderr
+    assert "-m venv .venv" in calls.read_text()
