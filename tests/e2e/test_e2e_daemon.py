@@ -272,3 +272,28 @@ def test_code_without_claude_says_how_to_install_it(my_config: tuple[Path, str],
     assert "npm install -g @anthropic-ai/claude-code" in result.stderr
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=STARTUP_TIMEOUT / 10)
+
+
+def test_a_stream_in_flight_finishes_across_a_reload(tmp_path: Path, config_path: Path, fake: FakeOpenAI) -> None:
+    """The request that started before SIGHUP keeps its pipeline (and the upstream connection it
+    reads) to the end, while the next request already takes the new route."""
+    config = tmp_path / "ccproxy.yaml"
+    config.write_text(config_path.read_text())
+    with serving(config, "--log-level", "info") as (base_url, process), \
+            anthropic.Anthropic(base_url=base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30) as sdk:
+        fake.queue(Text(chunks=["one ", "two ", "three ", "four"], delay_between_chunks=1.5))
+        with sdk.messages.stream(model=MODEL, max_tokens=64, messages=user("Hi")) as stream:
+            pieces = iter(stream.text_stream)
+            first = next(pieces)
+            config.write_text(config_path.read_text().replace("[openai/gpt-4.1]", "[openai/gpt-4.1-mini]"))
+            os.kill(process.pid, signal.SIGHUP)
+            fake.default = Text("ok")
+            deadline = time.monotonic() + RELOAD_TIMEOUT
+            while route_of(base_url, fake) != "openai/gpt-4.1-mini; reason=default":
+                assert time.monotonic() < deadline, "the reload did not happen"
+                time.sleep(0.1)
+            rest = "".join(pieces)
+            message = stream.get_final_message()
+        assert first + rest == "one two three four"
+        assert message.stop_reason == "end_turn"
+        assert stream.response.headers["x-ccproxy-route"] == "openai/gpt-4.1; reason=default"
