@@ -98,9 +98,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    rule_paths = [Path(p) for p in args.rules]
     try:
-        settings, rules = prepare(args.config, rule_paths)
+        settings, rules = prepare(args.config, [Path(p) for p in args.rules])
     except SetupError as exc:
         _print_diagnostics(exc.diagnostics)
         return 1
@@ -115,14 +114,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               "(server.allow_unauthenticated: true) if something in front of the proxy authenticates.",
               file=sys.stderr)
         return 2
-    from ._serve import PortInUseError, ensure_port_free, serve
-
     instance = Instance.for_config(args.config) if args.background else None
     try:
         lock = instance.claim() if instance else None
     except AlreadyRunningError as exc:
         print(f"ccproxy-engine: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _serve_app(args, settings, rules, host, port, instance)
+    finally:
+        if instance and lock:
+            instance.release()
+            lock.close()
+
+
+def _serve_app(args: argparse.Namespace, settings: Settings, rules: dict[str, CompiledRules], host: str, port: int,
+               instance: Instance | None) -> int:
+    """Build the app and serve it until a stop signal (`instance`: record it for `status`)."""
+    from ._serve import PortInUseError, ensure_port_free, serve
+
     try:
         ensure_port_free(host, port)
     except PortInUseError as exc:
@@ -133,19 +143,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, rules)
     started = time.time()
+    rule_paths = [Path(p) for p in args.rules]
     reloader = Reloader(app, lambda: prepare(args.config, rule_paths), settings, host=host, port=port,
                         instance=instance, started=started)
     print(f"ccproxy-engine serving on http://{host}:{port} (config: {settings.source}; "
           f"providers: {', '.join(settings.providers) or 'none'})", file=sys.stderr, flush=True)
-    try:
-        if instance:
-            instance.write_info(settings, host=host, port=port, started=started)
-        return serve(app, host=host, port=port, workers=args.workers, log_level=args.log_level,
-                     on_reload=reloader)
-    finally:
-        if instance and lock:
-            instance.release()
-            lock.close()
+    if instance:
+        instance.write_info(settings, host=host, port=port, started=started)
+    return serve(app, host=host, port=port, workers=args.workers, log_level=args.log_level, on_reload=reloader)
 
 
 def _prepare_offline(args: argparse.Namespace, *, fill_embedded: bool
@@ -186,13 +191,18 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     )
     from ._tokens import TokenCounter
 
+    try:
+        chosen = RouteTarget.parse(args.model) if args.model else None
+    except ValueError as exc:
+        print(f"ccproxy-engine: --model: {exc}", file=sys.stderr)
+        return 2
     loaded = _prepare_offline(args, fill_embedded=True)
     if loaded is None:
         return 1
     settings, rules, env = loaded
     try:
         request = read_request(Path(args.request))
-        target = RouteTarget.parse(args.model) if args.model else route_request(settings, request).primary
+        target = chosen or route_request(settings, request).primary
         endpoint, call = prepare_call(settings, rules, target, request, env)
         print(describe_call(endpoint, call))
         if args.response:
@@ -200,9 +210,6 @@ def _cmd_translate(args: argparse.Namespace) -> int:
             print(f"\n--- answer to the client ({args.response}) ---")
             print(translate_answer(endpoint, call, raw, status=args.status,
                                    input_tokens=TokenCounter().count_request(request.body)))
-    except ValueError as exc:
-        print(f"ccproxy-engine: --model: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
         print(f"ccproxy-engine: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -221,6 +228,9 @@ def _cmd_route(args: argparse.Namespace) -> int:
         return 1
     try:
         route = route_request(loaded[0], read_request(Path(args.request)))
+    except OSError as exc:
+        print(f"ccproxy-engine: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except EngineError as exc:
         print(f"ccproxy-engine: {exc.message}", file=sys.stderr)
         return 1

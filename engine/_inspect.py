@@ -48,11 +48,10 @@ class ClientRequest:
 
 
 def read_request(path: Path) -> ClientRequest:
-    """The request in `path`, checked as ``POST /v1/messages`` would check it; raises `RequestError`."""
+    """The request in `path`, checked as ``POST /v1/messages`` would check it; raises `RequestError`
+    (what the server would answer), or `OSError` when the file cannot be read."""
     try:
         data = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise RequestError(f"{path}: {exc.strerror or exc}") from None
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"{path}: not valid JSON: {exc}") from None
     headers: dict[str, str] = {}

@@ -383,3 +383,19 @@ def test_setup_skips_an_install_that_is_current(tmp_path: Path) -> None:
                              env={**os.environ, "PATH": f"{stand_in}{os.pathsep}{os.environ['PATH']}"})
     assert "installing ccproxy-engine into .venv (editable)" in changed.stderr
     assert "-m venv .venv" in calls.read_text()
+
+
+def test_translate_and_route_name_a_missing_file(config: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.json"
+    for command in (["translate", "--model", "openai/gpt-4.1"], ["route"]):
+        code, out, err = run(capsys, *command, "--config", str(config), str(missing))
+        assert (code, out) == (1, "")
+        assert err.strip().endswith(f"ccproxy-engine: {missing}: No such file or directory")
+
+
+def test_translate_refuses_a_model_without_provider(config: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "translate", "--config", str(config), "--model", "gpt-4.1", str(request_file(tmp_path)))
+    assert code == 2
+    assert "--model: expected provider/model, got 'gpt-4.1'" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -297,3 +298,16 @@ def test_a_stream_in_flight_finishes_across_a_reload(tmp_path: Path, config_path
         assert first + rest == "one two three four"
         assert message.stop_reason == "end_turn"
         assert stream.response.headers["x-ccproxy-route"] == "openai/gpt-4.1; reason=default"
+
+
+def test_start_on_a_busy_port_says_so_and_leaves_no_files(my_config: tuple[Path, str], env: dict[str, str]) -> None:
+    config, url = my_config
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = cli(env, "start", "--config", str(config))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: another process is listening there" in result.stderr
+    instance = Instance.for_config(config, env)
+    assert not instance.pid_file.exists() and not instance.is_running()
