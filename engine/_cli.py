@@ -200,23 +200,26 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     settings, rules, env = loaded
+    shown: list[str] = []
     try:
         request = read_request(Path(args.request))
         target = chosen or route_request(settings, request).primary
         endpoint, call = prepare_call(settings, rules, target, request, env)
-        print(describe_call(endpoint, call))
+        shown.append(describe_call(endpoint, call))
         if args.response:
             raw = Path(args.response).read_bytes()
-            print(f"\n--- answer to the client ({args.response}) ---")
-            print(translate_answer(endpoint, call, raw, status=args.status,
-                                   input_tokens=TokenCounter().count_request(request.body)))
+            shown.append(f"\n--- answer to the client ({args.response}) ---")
+            shown.append(translate_answer(endpoint, call, raw, status=args.status,
+                                          input_tokens=TokenCounter().count_request(request.body)))
+        code = 0
     except OSError as exc:
         print(f"ccproxy-engine: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except EngineError as exc:
-        print(error_text(exc))
-        return 1
-    return 0
+        shown.append(error_text(exc))
+        code = 1
+    print("\n".join(shown))
+    return code
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
@@ -390,7 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO; our own log says what matters
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
 
 

@@ -28,7 +28,7 @@ from ._tokens import TokenCounter
 from ._types import JSONObject
 from ._upstream import DEFAULT_HEADERS, request_headers
 from ._validation import MESSAGES_RANGES, RequestValidator
-from ._yaml import expand_references
+from ._yaml import Interpolation, interpolate, parse_yaml
 
 __all__ = ["ClientRequest", "describe_call", "error_text", "missing_variables", "prepare_call", "read_request",
            "route_request", "translate_answer"]
@@ -65,9 +65,12 @@ def read_request(path: Path) -> ClientRequest:
 
 
 def missing_variables(config: Path | None, env: Mapping[str, str]) -> list[str]:
-    """The ``${VAR}`` references (without a default) in the config that `env` leaves unset."""
+    """The ``${VAR}`` references (without a default) in the config's values that `env` leaves unset
+    (comments are not values; a config that does not parse has none: `prepare` reports it)."""
     text = DEFAULT_CONFIG_YAML if config is None else config.read_text(encoding="utf-8")
-    return list(dict.fromkeys(expand_references(text, env).missing))
+    found = Interpolation()
+    interpolate(parse_yaml(text, str(config)).data, {}, env, found)
+    return list(dict.fromkeys(name for _, name in found.missing))
 
 
 def _mask(value: str, secrets: list[str]) -> str:
