@@ -62,6 +62,8 @@ def serve(app: Any, *, host: str, port: int, workers: int = 1, log_level: str = 
     """Serve the ASGI `app` until a stop signal; returns the exit status. The caller has checked the
     address with `ensure_port_free` (before building the app, so a busy port fails fast).
     `on_reload` runs on the worker's event loop at each SIGHUP."""
+    if on_reload is not None:  # a SIGHUP before a worker's loop installs the hook must not kill it
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers <= 1:
         return _run_worker(app, host, port, log_level, on_reload)
     return _supervise(lambda: _run_worker(app, host, port, log_level, on_reload), workers)

@@ -399,3 +399,16 @@ def test_translate_refuses_a_model_without_provider(config: Path, tmp_path: Path
     code, _, err = run(capsys, "translate", "--config", str(config), "--model", "gpt-4.1", str(request_file(tmp_path)))
     assert code == 2
     assert "--model: expected provider/model, got 'gpt-4.1'" in err
+
+
+def test_docs_cli_md_covers_every_command() -> None:
+    """docs/cli.md has a section for every command the parser knows (one per heading word)."""
+    from ccproxy_engine._cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    assert commands is not None
+    root = Path(__file__).resolve().parent.parent
+    headings = [line[3:] for line in (root / "docs" / "cli.md").read_text().splitlines() if line.startswith("## ")]
+    covered = {word.strip(",") for heading in headings for word in heading.split()}
+    assert set(commands) <= covered, set(commands) - covered
