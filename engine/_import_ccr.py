@@ -33,16 +33,23 @@ HOST_RULES = {
 ENDPOINT_SUFFIXES = ("/chat/completions", "/messages", "/models/", "/models")
 ROUTER_KEYS = {"default": "default", "background": "background", "think": "think", "longContext": "long_context",
                "webSearch": "web_search", "image": "image"}
+#: claude-code-router transformers whose job the rule sets do already, and how: reported as covered.
+COVERED_TRANSFORMERS = {
+    "cleancache": "the rule sets never send cache_control to a provider that does not take it",
+    "reasoning": "the rule sets turn reasoning_content/reasoning into thinking blocks",
+    "maxtoken": "the rule sets cap max_tokens at the model's max_output (a rule file's `models:` sets it)",
+}
 IGNORED_TOP = {"Providers", "Router", "HOST", "PORT", "APIKEY", "transformers", "Transformers"}
 _REFERENCE = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
 
 
 @dataclass
 class Conversion:
-    """The config text, and what could not be mapped (one line each)."""
+    """The config text, what could not be mapped, and the transformers the rule sets cover (one line each)."""
 
     text: str = ""
     unmapped: list[str] = field(default_factory=list)
+    covered: list[str] = field(default_factory=list)
 
 
 def _rule_sets() -> set[str]:
@@ -70,7 +77,8 @@ def _transformer_names(entry: Any) -> list[str]:
     return [name for name in names if isinstance(name, str)]
 
 
-def _provider(raw: dict[str, Any], rule_sets: set[str], notes: list[str]) -> tuple[str, list[str]] | None:
+def _provider(raw: dict[str, Any], rule_sets: set[str], notes: list[str],
+              covered: list[str]) -> tuple[str, list[str]] | None:
     name = str(raw.get("name") or "")
     if not name:
         notes.append("Providers[]: an entry without a name was skipped")
@@ -81,9 +89,8 @@ def _provider(raw: dict[str, Any], rule_sets: set[str], notes: list[str]) -> tup
     rules = next((n for n in names if n in rule_sets), None) or HOST_RULES.get(urlsplit(url).hostname or "")
     if rules is None:
         rules = "ollama" if urlsplit(url).port == 11434 else "openai-compatible"
-    notes.extend(f"Providers[{name}].transformer: {other!r} has no equivalent; the {rules} rule set decides "
-                 "the request format (write a rule file to change it: docs/adding-a-provider.md)"
-                 for other in names if other != rules)
+    for other in (n for n in names if n != rules):
+        (covered if other in COVERED_TRANSFORMERS else notes).append(_transformer_note(name, other, rules))
     for model, entry in transformer.items():
         if model != "use":
             notes.append(f"Providers[{name}].transformer[{model}]: per-model transformers "
@@ -106,6 +113,14 @@ def _provider(raw: dict[str, Any], rule_sets: set[str], notes: list[str]) -> tup
     return name, [f"  {_yaml_key(name)}: {{{', '.join(fields)}}}"]
 
 
+def _transformer_note(provider: str, transformer: str, rules: str) -> str:
+    where = f"Providers[{provider}].transformer: {transformer!r}"
+    if transformer in COVERED_TRANSFORMERS:
+        return f"{where} is covered: {COVERED_TRANSFORMERS[transformer]}"
+    return (f"{where} has no equivalent; the {rules} rule set decides the request format "
+            "(write a rule file to change it: docs/adding-a-provider.md)")
+
+
 def _yaml_key(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else _q(name)
 
@@ -123,6 +138,7 @@ def _route(value: Any, key: str, notes: list[str]) -> str | None:
 def convert(data: dict[str, Any]) -> Conversion:
     """The conversion of a parsed claude-code-router config."""
     notes: list[str] = []
+    covered: list[str] = []
     rule_sets = _rule_sets()
     lines = ["# converted from a claude-code-router config by `ccproxy-engine import-ccr`", "server:"]
     lines.append(f"  host: {_q(str(data.get('HOST') or '127.0.0.1'))}")
@@ -131,7 +147,7 @@ def convert(data: dict[str, Any]) -> Conversion:
         lines.append(f"  api_key: {_q(_key_reference('CCPROXY', data['APIKEY'], notes))}")
     lines.append("providers:")
     for raw in data.get("Providers") or []:
-        converted = _provider(raw, rule_sets, notes) if isinstance(raw, dict) else None
+        converted = _provider(raw, rule_sets, notes, covered) if isinstance(raw, dict) else None
         if converted:
             lines += converted[1]
     router: dict[str, Any] = data["Router"] if isinstance(data.get("Router"), dict) else {}
@@ -150,7 +166,7 @@ def convert(data: dict[str, Any]) -> Conversion:
     notes.extend(f"{key}: not mapped" for key in data if key not in IGNORED_TOP and key != "CUSTOM_ROUTER_PATH")
     if data.get("transformers") or data.get("Transformers"):
         notes.append("transformers: custom JavaScript transformers cannot run here; a rule file does their job")
-    return Conversion("\n".join(lines) + "\n", notes)
+    return Conversion("\n".join(lines) + "\n", notes, covered)
 
 
 def run_import(path: Path, output: Path | None, *, force: bool = False) -> int:
@@ -180,8 +196,9 @@ def run_import(path: Path, output: Path | None, *, force: bool = False) -> int:
             print(problem.format(), file=sys.stderr)
     else:
         print(conversion.text, end="")
-    if conversion.unmapped:
-        print("not mapped:", file=sys.stderr)
-        for line in conversion.unmapped:
-            print(f"  {line}", file=sys.stderr)
+    for heading, lines in (("not mapped:", conversion.unmapped), ("covered by the rule sets:", conversion.covered)):
+        if lines:
+            print(heading, file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
     return 0

@@ -272,7 +272,7 @@ CCR_CONFIG: dict[str, Any] = {
          "models": ["qwen2.5-coder:latest"]},
         {"name": "siliconflow", "api_base_url": "https://api.siliconflow.cn/v1/chat/completions",
          "api_key": "$SF_KEY", "models": ["moonshotai/Kimi-K2-Instruct"],
-         "transformer": {"use": [["maxtoken", {"max_tokens": 16384}]]}},
+         "transformer": {"use": [["maxtoken", {"max_tokens": 16384}], "enhancetool", "cleancache"]}},
     ],
     "Router": {"default": "deepseek,deepseek-chat", "background": "ollama,qwen2.5-coder:latest",
                "think": "deepseek,deepseek-reasoner", "longContext": "openrouter,anthropic/claude-sonnet-4",
@@ -298,9 +298,11 @@ def test_import_ccr_converts_providers_and_router(tmp_path: Path, capsys: pytest
                  'default: "deepseek/deepseek-chat"', 'long_context: "openrouter/anthropic/claude-sonnet-4"',
                  'web_search: "gemini/gemini-2.5-pro"', "long_context_threshold: 60000", "port: 3457"):
         assert line in text, line
-    not_mapped = err.split("not mapped:\n", 1)[1]
-    for what in ("'maxtoken'", "transformer[deepseek-chat]", "CUSTOM_ROUTER_PATH", "LOG: not mapped"):
+    not_mapped, _, covered = err.split("not mapped:\n", 1)[1].partition("covered by the rule sets:\n")
+    for what in ("'enhancetool' has no equivalent", "transformer[deepseek-chat]", "CUSTOM_ROUTER_PATH",
+                 "LOG: not mapped"):
         assert what in not_mapped, what
+    assert "'maxtoken' is covered" in covered and "'cleancache' is covered" in covered
     assert "[missing-env]" not in err  # unset key variables are expected in a fresh import
     env = {"OPENROUTER_API_KEY": "a", "DS_KEY": "b", "GEMINI_API_KEY": "c", "SF_KEY": "d", "CCR_SERVER_KEY": "e"}
     with pytest.MonkeyPatch.context() as patch:
