@@ -155,6 +155,11 @@ class Instance:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return False
 
+    def url(self, settings: Settings) -> str:
+        """The running server's address (from its status file; `settings`' while it has none)."""
+        info = self.info()
+        return url_of(str(info.get("host", settings.host)), int(info.get("port", settings.port)))
+
     def info(self) -> dict[str, Any]:
         try:
             data = json.loads(self.info_file.read_text(encoding="utf-8"))
@@ -269,11 +274,11 @@ def url_of(host: str, port: int) -> str:
 
 def start(instance: Instance, settings: Settings, serve_args: Iterable[str] = ()) -> int:
     """Start the background server for `instance` unless it runs; wait until it answers."""
-    url = url_of(settings.host, settings.port)
     if instance.is_running():
         _say(f"ccproxy-engine is already running for {instance.label} (pid {instance.pid()}) on "
-             f"{url_of(instance.info().get('host', settings.host), instance.info().get('port', settings.port))}")
+             f"{instance.url(settings)}")
         return 0
+    url = url_of(settings.host, settings.port)
     if instance.clear_stale():
         _say(f"ccproxy-engine: removed a stale PID file ({instance.pid_file})")
     config = [] if instance.config is None else ["--config", str(instance.config)]

@@ -81,8 +81,7 @@ def _ensure_server(config: str | None, settings: Settings) -> str | None:
     """The proxy's URL once it answers: the background server for `config`, started if needed."""
     instance = Instance.for_config(config)
     if instance.is_running():
-        info = instance.info()
-        return url_of(str(info.get("host", settings.host)), int(info.get("port", settings.port)))
+        return instance.url(settings)
     url = url_of(settings.host, settings.port)
     if wait_until_answering(url, timeout=0.5):
         print(f"ccproxy-engine: using the server already answering on {url}", file=sys.stderr)
