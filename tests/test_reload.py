@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,16 @@ providers:
 routes:
   default: acme/acme-large
 """
+
+
+@pytest.fixture(autouse=True)
+def no_stale_root_handlers() -> Iterator[None]:
+    """`main()` run in process by other tests configures the root logger with a stream pytest has
+    closed since; the reloads here log, so the root logger's handlers are set aside meanwhile."""
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, []
+    yield
+    root.handlers = handlers
 
 
 def proxy_url(app: Litestar) -> str:
