@@ -47,7 +47,7 @@ from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "replace_proxy"]
 
 logger = logging.getLogger("ccproxy_engine")
 
@@ -296,9 +296,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         finally:
             await proxy.upstream.aclose()
 
-    for provider in settings.providers.values():
-        remember(provider.api_key)
-    remember(settings.api_key)
+    _remember_keys(settings)
     return Litestar(
         route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, health, head_root],
         state=State({"ccproxy": state}),
@@ -311,3 +309,26 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         logging_config=None,
         debug=False,
     )
+
+
+def replace_proxy(app: Litestar, settings: Settings, rules: Mapping[str, CompiledRules]) -> Proxy:
+    """Serve new requests with a pipeline built from `settings` and `rules` (a reload); returns the old one.
+
+    The swap is one attribute assignment, so every request sees one pipeline or the other: a request
+    in flight keeps the `Proxy` it started with until it ends. The new pipeline shares the old one's
+    upstream pools and warm token counter, so nothing in flight is cut and nothing needs closing;
+    the lifespan closes the shared pools at shutdown. The server key and address are the app's
+    own (its authenticator and socket), so they change only with a restart.
+    """
+    state: _State = app.state.ccproxy
+    old = state.proxy
+    _remember_keys(settings)
+    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens)
+    return old
+
+
+def _remember_keys(settings: Settings) -> None:
+    """Every configured credential is redacted from upstream text a client or a log could see."""
+    for provider in settings.providers.values():
+        remember(provider.api_key)
+    remember(settings.api_key)
