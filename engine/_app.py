@@ -39,8 +39,11 @@ from ._errors import (
     error_type_for_status,
 )
 from ._functions import new_id
-from ._proxy import Answer, Proxy
+from ._metrics import Metrics
+from ._observe import REQUEST_ID, Observer, Trace
+from ._proxy import Answer, Proxy, configured_models
 from ._redact import remember
+from ._shutdown import Drain, register, unregister
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
@@ -57,6 +60,7 @@ class _State:
     proxy: Proxy
     messages_schema: RequestValidator
     count_schema: RequestValidator
+    observer: Observer
 
 
 def _state(request: Request[Any, Any, Any]) -> _State:
@@ -93,7 +97,9 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     raw = await request.body()
     body = _parse(raw)
     state.messages_schema.check(body)
-    answer = await state.proxy.messages(body, raw, request.headers, request_id=_request_id(request))
+    trace = request.scope.get(_TRACE)
+    answer = await state.proxy.messages(body, raw, request.headers, request_id=_request_id(request),
+                                        trace=trace if isinstance(trace, Trace) else None)
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
 
@@ -136,6 +142,13 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return _json_response(_model_info(model_id))
 
 
+@get("/metrics", media_type="text/plain")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format (every worker's numbers when there are several); behind the server key."""
+    content, content_type = _state(request).proxy.metrics.render()
+    return Response(content, media_type=content_type)
+
+
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json_response({"status": "ok", "providers": sorted(_state(request).proxy.settings.providers)})
@@ -151,6 +164,7 @@ async def head_root() -> None:
 #: Where a request's id and its answer are kept in the ASGI scope.
 _REQUEST_ID = "ccproxy.request_id"
 _ANSWER = "ccproxy.answer"
+_TRACE = "ccproxy.trace"
 #: What a client-sent request id may look like before it is echoed in a header or written to a log.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 #: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
@@ -166,6 +180,10 @@ def _request_id(request: Request[Any, Any, Any]) -> str:
     sent = request.headers.get("request-id") or request.headers.get("x-request-id") or ""
     request_id = sent if _VALID_REQUEST_ID.fullmatch(sent) else new_id("req_")
     request.scope[_REQUEST_ID] = request_id  # type: ignore[literal-required]
+    REQUEST_ID.set(request_id)  # every log line about this request names it (`_observe`)
+    trace = request.scope.get(_TRACE)
+    if isinstance(trace, Trace):
+        trace.request_id = request_id
     return request_id
 
 
@@ -206,6 +224,35 @@ def _closes_answers(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _observes(observer: Observer) -> Callable[[ASGIApp], ASGIApp]:
+    """Middleware: each ``POST /v1/messages`` gets a `Trace`, finished with the status the client got
+    once the response is over (a stream's last byte, an error, or the client gone)."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["path"] != "/v1/messages" or scope.get("method") != "POST":
+                await app(scope, receive, send)
+                return
+            trace = Trace("")
+            scope[_TRACE] = trace  # type: ignore[literal-required]
+            status = 500  # what the client is left with when no response started
+
+            async def observing_send(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, observing_send)
+            finally:
+                observer.finish(trace, status)
+
+        return middleware
+
+    return wrap
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -244,31 +291,37 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
                max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
     """The ASGI app for `settings` and compiled `rules` (`_cli.prepare` builds both from files)."""
-    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens)
+    metrics = Metrics(settings.providers, configured_models(settings))
+    drain = Drain(settings.shutdown_grace)
+    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens, metrics=metrics,
+                  drain=drain)
+    observer = Observer(metrics, access_log=settings.access_log)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
-                   RequestValidator("anthropic.count_tokens.schema.json"))
+                   RequestValidator("anthropic.count_tokens.schema.json"), observer)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         started = time.perf_counter()
         await proxy.upstream.open()
+        register(drain)  # SIGTERM starts its grace period (`_shutdown.begin_shutdown`)
         warm = asyncio.ensure_future(asyncio.to_thread(proxy.tokens.warm_up))
         logger.debug("upstream pools open in %.1f ms", (time.perf_counter() - started) * 1000)
         try:
             yield
         finally:
             warm.cancel()
+            unregister(drain)
             await proxy.upstream.aclose()
 
     for provider in settings.providers.values():
         remember(provider.api_key)
     remember(settings.api_key)
     return Litestar(
-        route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root],
+        route_handlers=[create_message, count_tokens, list_models, get_model, metrics_endpoint, health, head_root],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),
-        middleware=[_closes_answers],
+        middleware=[_observes(observer), _closes_answers],
         exception_handlers={Exception: _error_response},
         openapi_config=None,
         request_max_body_size=max_body_bytes,
