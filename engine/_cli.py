@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -112,6 +113,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except PortInUseError as exc:
         print(f"ccproxy-engine: {exc.strerror}", file=sys.stderr)
         return 1
+    if args.access_log:
+        settings = dataclasses.replace(settings, access_log=True)
+    if args.workers > 1:  # before prometheus-client is imported: the workers' metrics are summed
+        from ._metrics import use_multiprocess_dir
+
+        use_multiprocess_dir()
     from ._app import create_app  # only a serving process needs the HTTP stack
 
     app = create_app(settings, rules)
@@ -142,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="serve a non-loopback host without server.api_key (something else authenticates)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="one JSON line per /v1/messages request at INFO (server.access_log: true)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_cmd_serve)
     check = sub.add_parser("validate", help="check rule files, rule directories and config files")

@@ -87,6 +87,8 @@ class Observer:
         self.metrics = metrics
         self.access_log = access_log
         install_request_id_filter()
+        if access_log and not ACCESS_LOGGER.isEnabledFor(logging.INFO):  # asked for: shown whatever --log-level
+            ACCESS_LOGGER.setLevel(logging.INFO)
 
     def finish(self, trace: Trace, status: int) -> None:
         """Record `trace` once, with the status the client got."""
