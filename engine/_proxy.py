@@ -101,8 +101,8 @@ class Proxy:
         self.router = Router(settings)
         self.upstream = upstream or UpstreamClient()
         self.tokens = tokens or TokenCounter()
-        self.metrics = metrics or Metrics(settings.providers, configured_models(settings))
-        self.drain = drain or Drain(settings.shutdown_grace)
+        self.metrics = metrics if metrics is not None else Metrics(settings.providers, configured_models(settings))
+        self.drain = drain if drain is not None else Drain(settings.shutdown_grace)
         resilience = settings.resilience
         self.retry = RetryPolicy(resilience.retry)
         self.breakers = Breakers(resilience.breaker, on_change=self.metrics.breaker_state)

@@ -57,7 +57,8 @@ class Drain:
         self._streams: set[StreamStop] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def __len__(self) -> int:
+    @property
+    def open_streams(self) -> int:
         return len(self._streams)
 
     def add(self, stream: StreamStop) -> None:
