@@ -5,6 +5,8 @@ and ``record``, one upstream time-to-first-byte observation, the usage noted fro
 `Observer.finish` (request counter, latency histogram, two token counters). Run in-memory (one worker)
 and in prometheus-client's multiprocess mode (``--workers N``: every value is also written to a
 memory-mapped file); the second run is a child process, because the mode is chosen at import.
+The baseline, measured in the same run, is bench/translate.py's: `orjson.loads` + `orjson.dumps` of
+its ~10 KB request, the least any proxy must do.
 
     .venv/bin/python bench/metrics.py [--requests 200000]
 """
@@ -18,6 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+
+import orjson
+from translate import small_request
 
 from ccproxy_engine._config import BreakerSettings
 from ccproxy_engine._metrics import Metrics
@@ -38,19 +44,28 @@ def one_request(observer: Observer, metrics: Metrics, breakers: Breakers) -> Non
     observer.finish(trace, 200)
 
 
-def measure(requests: int, rounds: int = 5) -> float:
-    """Median µs per request over `rounds` runs of `requests` requests."""
-    metrics = Metrics(["openai"], ["gpt-4.1"])
-    observer = Observer(metrics)
-    breakers = Breakers(BreakerSettings(), on_change=metrics.breaker_state)
-    one_request(observer, metrics, breakers)  # label children created outside the timing
+def measure(run: Callable[[], None], requests: int, rounds: int = 5) -> float:
+    """Median µs per call of `run` over `rounds` runs of `requests` calls."""
+    run()  # label children created outside the timing
     results = []
     for _ in range(rounds):
         started = time.perf_counter()
         for _ in range(requests):
-            one_request(observer, metrics, breakers)
+            run()
         results.append((time.perf_counter() - started) / requests * 1e6)
     return statistics.median(results)
+
+
+def observability() -> Callable[[], None]:
+    metrics = Metrics(["openai"], ["gpt-4.1"])
+    observer = Observer(metrics)
+    breakers = Breakers(BreakerSettings(), on_change=metrics.breaker_state)
+    return lambda: one_request(observer, metrics, breakers)
+
+
+def baseline() -> Callable[[], None]:
+    raw = orjson.dumps(small_request())
+    return lambda: orjson.dumps(orjson.loads(raw)) and None
 
 
 def main() -> None:
@@ -59,9 +74,10 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     mode = "multiprocess" if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else "in-memory"
-    per_request = measure(args.requests)
-    print(f"{mode:>12}: {per_request:6.2f} µs per request ({1e6 / per_request:,.0f} requests/s of "
-          f"observability alone; {per_request / 1000:.2%} of a 1 ms request budget)")
+    base = measure(baseline(), max(1, args.requests // 10))
+    per_request = measure(observability(), args.requests)
+    print(f"{mode:>12}: {per_request:6.2f} µs per request, {per_request / base:.2f}x baseline "
+          f"({base:.1f} µs); {per_request / 1000:.2%} of a 1 ms request budget")
     if args.child:
         return
     with tempfile.TemporaryDirectory(prefix="ccproxy-bench-metrics-") as directory:

@@ -24,7 +24,7 @@ def test_generated_sections_of_rules_md_are_fresh() -> None:
 
 def yaml_blocks() -> list[tuple[str, int, str]]:
     found = []
-    for doc in ("README.md", "docs/rules.md", "docs/routing.md"):
+    for doc in ("README.md", "docs/rules.md", "docs/routing.md", "docs/operations.md"):
         text = (ROOT / doc).read_text()
         found.extend((doc, text[: match.start()].count("\n") + 2, match.group(1))
                      for match in YAML_BLOCK.finditer(text))
