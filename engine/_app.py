@@ -60,7 +60,6 @@ class _State:
     proxy: Proxy
     messages_schema: RequestValidator
     count_schema: RequestValidator
-    observer: Observer
 
 
 def _state(request: Request[Any, Any, Any]) -> _State:
@@ -226,31 +225,60 @@ def _closes_answers(app: ASGIApp) -> ASGIApp:
 
 def _observes(observer: Observer) -> Callable[[ASGIApp], ASGIApp]:
     """Middleware: each ``POST /v1/messages`` gets a `Trace`, finished with the status the client got
-    once the response is over (a stream's last byte, an error, or the client gone)."""
+    once the response is over (a stream's last byte, an error, or the client gone). Every request
+    starts with no request id in the log context, so none is inherited from an earlier one."""
 
     def wrap(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            REQUEST_ID.set(None)
+            exchange = _Exchange(receive, send)
             if scope["path"] != "/v1/messages" or scope.get("method") != "POST":
-                await app(scope, receive, send)
+                await app(scope, exchange.receive, exchange.send)
                 return
             trace = Trace("")
             scope[_TRACE] = trace  # type: ignore[literal-required]
-            status = 500  # what the client is left with when no response started
-
-            async def observing_send(message: Any) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
             try:
-                await app(scope, receive, observing_send)
+                await app(scope, exchange.receive, exchange.send)
             finally:
-                observer.finish(trace, status)
+                observer.finish(trace, exchange.status)
 
         return middleware
 
     return wrap
+
+
+class _Exchange:
+    """One request's ASGI channels, watched: the status sent, and whether the response is complete.
+
+    A wait on `receive` that the server cancels (granian does, for connections still open when it
+    stops) reads as the client's ``http.disconnect``, instead of a CancelledError raised in the app's
+    disconnect listener and logged as a crash; a cancellation of the waiting task itself is kept,
+    unless the response is already complete (then granian's and the app's own cancellation race, and
+    nothing is left to stop)."""
+
+    __slots__ = ("_receive", "_send", "complete", "status")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self.status = 500  # what the client is left with when no response started
+        self.complete = False
+
+    async def receive(self) -> Any:
+        try:
+            return await self._receive()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.complete and (task is None or task.cancelling()):
+                raise
+            return {"type": "http.disconnect"}
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        await self._send(message)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -297,7 +325,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                   drain=drain)
     observer = Observer(metrics, access_log=settings.access_log)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
-                   RequestValidator("anthropic.count_tokens.schema.json"), observer)
+                   RequestValidator("anthropic.count_tokens.schema.json"))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

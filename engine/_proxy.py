@@ -32,7 +32,7 @@ import orjson
 
 from ._config import RouteTarget, Settings
 from ._endpoint import Endpoint, UpstreamCall
-from ._errors import EngineError, NotFoundError, RequestError, UpstreamError, error_envelope
+from ._errors import EngineError, NotFoundError, RequestError, UpstreamStatusError, error_envelope
 from ._metrics import Metrics, known_models
 from ._observe import Trace
 from ._resilience import Breakers, CircuitOpenError, RetryPolicy, TargetRefusedError, is_upstream_failure
@@ -153,8 +153,9 @@ class Proxy:
                 answer = await self._forward(incoming, target, headers, tokens, size, trace)
             except EngineError as exc:
                 failed = is_upstream_failure(exc)
+                # an upstream that answered "your request is wrong" is up; anything else says nothing
                 self.breakers.record(provider, model, False if failed else
-                                     True if isinstance(exc, UpstreamError) else None)
+                                     True if isinstance(exc, UpstreamStatusError) else None)
                 delay = self.retry.delay(exc, tries) if failed else None
                 if delay is None:
                     raise
