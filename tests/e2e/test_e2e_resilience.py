@@ -221,14 +221,15 @@ def test_a_5xx_storm_opens_the_breaker_the_fallback_serves_and_half_open_recover
         proxy: ProxyFactory, fakes: Upstreams) -> None:
     fakes.primary.default = Error(500, "storm")
     fakes.backup.default = Text("backup")
-    server = "retry: {attempts: 1}, circuit_breaker: {failures: 2, open_seconds: 0.3}"
+    # open_seconds leaves a loaded machine time for the requests made while the breaker is open
+    server = "retry: {attempts: 1}, circuit_breaker: {failures: 2, open_seconds: 2}"
     with proxy(server=server) as url:
         assert [ask(url) for _ in range(2)] == ["backup", "backup"]
         assert len(fakes.primary.requests) == 2
         assert value(metrics(url), "ccproxy_circuit_breaker_state", provider="primary", model="gpt-4.1") == 1
         assert ask(url) == "backup"
         assert len(fakes.primary.requests) == 2  # open: straight to the backup
-        time.sleep(0.35)
+        time.sleep(2.05)
         fakes.primary.default = Text("primary is back")
         assert ask(url) == "primary is back"  # half-open: one trial, which succeeds
         assert ask(url) == "primary is back"
@@ -244,8 +245,9 @@ def test_a_failed_half_open_trial_opens_the_breaker_again(proxy: ProxyFactory, f
     with proxy(server="retry: {attempts: 1}, circuit_breaker: {failures: 1, open_seconds: 0.2}") as url:
         ask(url)
         time.sleep(0.25)
-        ask(url)  # the trial fails
-        ask(url)  # open again: not tried
+        assert ask(url) == "backup"  # the trial fails; the backup serves
+        state = value(metrics(url), "ccproxy_circuit_breaker_state", provider="primary", model="gpt-4.1")
+    assert state == 1  # open again (it stays so until a request asks after open_seconds)
     assert len(fakes.primary.requests) == 2
 
 
