@@ -8,8 +8,10 @@ own parser, and its numbers are checked against the requests each test sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -64,7 +66,7 @@ def proxy(fakes: Upstreams, tmp_path: Path) -> ProxyFactory:
     keys, default route (primary, then backup, by default) and primary provider settings."""
 
     def build(server: str = FAST_RETRY, default: str = "[primary/gpt-4.1, backup/gpt-4.1-mini]",
-              primary: str = "", extra_routes: str = "") -> AbstractContextManager[str]:
+              primary: str = "", extra_routes: str = "", extra_providers: str = "") -> AbstractContextManager[str]:
         config = tmp_path / "ccproxy.yaml"
         config.write_text(
             f"server: {{api_key: {SERVER_KEY}, {server}}}\n"
@@ -74,6 +76,7 @@ def proxy(fakes: Upstreams, tmp_path: Path) -> ProxyFactory:
             f"  dead: {{rules: openai, base_url: 'http://127.0.0.1:9/v1', api_key: k3}}\n"
             f"  deepseek: {{base_url: '{fakes.primary_url}/v1', api_key: k4}}\n"
             f"  claude: {{rules: anthropic, base_url: '{fakes.anthropic_url}', api_key: k5}}\n"
+            f"{extra_providers}"
             "routes:\n"
             f"  default: {default}\n"
             f"{extra_routes}",
@@ -189,6 +192,38 @@ def test_nothing_is_retried_after_the_first_byte(proxy: ProxyFactory, fakes: Ups
 
 
 # --- timeouts --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A port whose accept queue is full: the kernel drops new SYNs, so connecting hangs (a real
+    connect timeout, on loopback)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port: int = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for sock in (*fillers, server):
+        sock.close()
+
+
+def test_a_connect_timeout_falls_back_without_a_retry(proxy: ProxyFactory, fakes: Upstreams,
+                                                      unaccepting_port: int) -> None:
+    fakes.backup.queue(Text("reachable"))
+    stuck = (f"  stuck: {{rules: openai, base_url: 'http://127.0.0.1:{unaccepting_port}/v1', api_key: k6, "
+             "timeout: {connect: 0.2}}\n")
+    with proxy(default="[stuck/gpt-4.1, backup/gpt-4.1-mini]", extra_providers=stuck) as url:
+        assert ask(url) == "reachable"
+        samples = metrics(url)
+    assert value(samples, "ccproxy_retries_total", provider="stuck", model="gpt-4.1") == 0
+    assert value(samples, "ccproxy_fallbacks_total", provider="stuck", model="gpt-4.1") == 1
 
 
 def test_a_first_byte_timeout_falls_back_without_a_retry(proxy: ProxyFactory, fakes: Upstreams) -> None:
