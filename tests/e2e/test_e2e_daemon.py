@@ -35,6 +35,8 @@ RELOAD_TIMEOUT = 20.0
 def config_text(upstream_config: Path, port: int, default: str = "openai/gpt-4.1") -> str:
     """The module's upstream config on `port`, routing everything to `default`."""
     text = upstream_config.read_text().replace("[openai/gpt-4.1]", f"[{default}]")
+    if "server: {" in text:
+        return text.replace("server: {", f"server: {{host: 127.0.0.1, port: {port}, ", 1)
     return f"server: {{host: 127.0.0.1, port: {port}}}\n{text}"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from e2e.support import CLIENT_KEY, WEATHER_TOOL, serve_proxy, user
+from e2e.support import CLIENT_KEY, NO_RETRIES, WEATHER_TOOL, serve_proxy, user
 from fakes.anthropic_upstream import AnthropicMessage, AnthropicStream, FakeAnthropic, request_problems
 from fakes.gemini_upstream import Call, Calls, Error, FakeGemini, Thoughts
 from fakes.server import serve_app
@@ -49,6 +49,7 @@ def proxy(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     gemini_url, claude_url = fakes.gemini_url, fakes.claude_url
     config = tmp_path_factory.mktemp("fallback") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  gemini: {{base_url: '{gemini_url}/v1beta', api_key: {GEMINI_KEY}}}\n"
         f"  anthropic: {{base_url: '{claude_url}', api_key: {ANTHROPIC_KEY}}}\n"

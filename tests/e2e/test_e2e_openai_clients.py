@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from e2e.support import serve_proxy
+from e2e.support import NO_RETRIES, serve_proxy
 from fakes import FakeOpenAI, serve_app
 from fakes import gemini_upstream as gemini
 from fakes import openai_upstream as oai
@@ -52,7 +52,7 @@ def upstreams_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
             serve_app(fakes.openai) as openai_url:
         config = tmp_path_factory.mktemp("openai-clients") / "ccproxy.yaml"
         config.write_text(
-            f"server: {{api_key: {SERVER_KEY}}}\n"
+            f"server: {{api_key: {SERVER_KEY}, {NO_RETRIES}}}\n"
             "providers:\n"
             f"  gemini: {{base_url: '{gemini_url}/v1beta', api_key: gemini-key}}\n"
             f"  anthropic: {{base_url: '{anthropic_url}', api_key: anthropic-key}}\n"

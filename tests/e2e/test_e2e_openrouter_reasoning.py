@@ -16,7 +16,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from e2e.support import WEATHER_TOOL, ask, serve_proxy, user
+from e2e.support import NO_RETRIES, WEATHER_TOOL, ask, serve_proxy, user
 from fakes import DIALECTS, Call, FakeOpenAI, ReasoningDetails, Text, ToolCalls, serve_app
 
 from ccproxy_engine._functions import is_engine_signature
@@ -55,6 +55,7 @@ def upstream() -> Iterator[tuple[FakeOpenAI, str]]:
 def proxy_url(upstream: tuple[FakeOpenAI, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("openrouter") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  openrouter: {{base_url: '{upstream[1]}/v1', api_key: {KEY}}}\n"
         "routes:\n"

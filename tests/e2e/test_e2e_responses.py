@@ -23,6 +23,7 @@ from anthropic.types import Message
 from e2e.support import (
     CLAUDE_CODE_FIXTURES,
     MODEL,
+    NO_RETRIES,
     WEATHER_TOOL,
     Recorded,
     accumulate,
@@ -66,6 +67,7 @@ def proxy_url(responses: tuple[FakeResponses, str], tmp_path_factory: pytest.Tem
     """The proxy for this module (conftest's `client` and `http` talk to it): every model → gpt-5-codex."""
     config = tmp_path_factory.mktemp("responses") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  {PROVIDER}: {{base_url: '{responses[1]}/v1', api_key: {UPSTREAM_KEY}}}\n"
         "routes:\n"

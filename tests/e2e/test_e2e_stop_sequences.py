@@ -17,7 +17,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from e2e.support import ask, serve_proxy, stream_events, text_deltas, user
+from e2e.support import NO_RETRIES, ask, serve_proxy, stream_events, text_deltas, user
 from fakes import FakeOpenAI, serve_app
 from fakes import Text as OpenAIText
 from fakes.gemini_upstream import FakeGemini
@@ -51,6 +51,7 @@ def proxy_url(upstreams: tuple[Upstreams, str, str], tmp_path_factory: pytest.Te
     _, openai_url, gemini_url = upstreams
     config = tmp_path_factory.mktemp("stop") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  openai: {{base_url: '{openai_url}/v1', api_key: {OPENAI_KEY}}}\n"
         f"  gemini: {{base_url: '{gemini_url}/v1beta', api_key: {GEMINI_KEY}}}\n"
