@@ -1,4 +1,4 @@
-"""The HTTP app: Anthropic Messages and OpenAI Chat Completions handlers in front of the proxy
+"""The HTTP app: Anthropic Messages, OpenAI Chat Completions and Responses handlers in front of the proxy
 pipeline (`_proxy.Proxy`).
 
 `create_app` only assembles; it reads no files and no environment (but the shipped schemas and the
@@ -44,6 +44,8 @@ from ._errors import (
 from ._functions import new_id
 from ._proxy import Answer, Proxy
 from ._redact import remember
+from ._responses import ResponsesInbound
+from ._responses import render as render_response
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
@@ -61,6 +63,7 @@ class _State:
     messages_schema: RequestValidator
     count_schema: RequestValidator
     chat: ChatInbound
+    responses: ResponsesInbound
 
 
 def _state(request: Request[Any, Any, Any]) -> _State:
@@ -113,6 +116,21 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
                                         adapt=ChatInbound.adapt)
     answer = render(decoded, body)
+    request.scope[_ANSWER] = answer  # type: ignore[literal-required]
+    return _send(answer)
+
+
+@post("/v1/responses", status_code=200)
+async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
+    """OpenAI Responses clients (Codex): like `chat_completions`, with the Responses inbound rules and
+    `_responses.render`. Stateless: a request that needs stored responses is refused."""
+    state = _state(request)
+    raw = await request.body()
+    body = _parse(raw)
+    translated = state.responses.request(body, request.headers)
+    decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
+                                        adapt=ResponsesInbound.adapt)
+    answer = render_response(decoded, body)
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
 
@@ -188,7 +206,7 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 #: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
 _OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/")})
 #: Endpoints of OpenAI's API: their errors are in OpenAI's envelope whatever the headers say.
-_OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
@@ -284,7 +302,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     """The ASGI app for `settings` and compiled `rules` (`_cli.prepare` builds both from files)."""
     proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
-                   RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound())
+                   RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound(), ResponsesInbound())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -302,7 +320,8 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         remember(provider.api_key)
     remember(settings.api_key)
     return Litestar(
-        route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, health, head_root],
+        route_handlers=[create_message, chat_completions, responses, count_tokens, list_models, get_model, health,
+                        head_root],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),
