@@ -102,14 +102,14 @@ def codex() -> Path:
 
 
 def codex_config(proxy_url: str) -> str:
-    """The config.toml of docs/codex.md: the proxy as a Responses provider, no approvals, the
-    sandbox off inside the scratch directory (the test machine may not run Codex's sandbox), no
-    start-up calls to the network."""
+    """The config.toml of docs/codex.md: the proxy as a Responses provider, no approvals, Codex's
+    workspace-write sandbox (the command may write only in the scratch project), no start-up calls
+    to the network."""
     return (
         'model = "gpt-5-codex"\n'
         'model_provider = "proxy"\n'
         'approval_policy = "never"\n'
-        'sandbox_mode = "danger-full-access"\n'
+        'sandbox_mode = "workspace-write"\n'
         "[features]\n"
         "plugins = false\n"
         "[model_providers.proxy]\n"
