@@ -31,7 +31,8 @@ from e2e.test_e2e_openai_clients import (  # noqa: F401  (fixtures)
     upstreams_and_proxy,
 )
 from fakes import gemini_upstream as gemini
-from fakes.anthropic_upstream import AnthropicStream
+from fakes import openai_upstream as oai
+from fakes.anthropic_upstream import AnthropicError, AnthropicStream
 from openai.types.responses import Response
 from test_fake_responses import EVENT_TYPES
 
@@ -225,3 +226,30 @@ def test_streamed_text_arrives_in_pieces(upstreams_and_proxy: tuple[Upstreams, s
     queue_text(fakes, "gemini", pieces)
     events = wire_events(upstreams_and_proxy[1], {"model": "to-gemini", "input": "Count"})
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == pieces
+
+
+@pytest.mark.parametrize("provider", ["gemini", "anthropic"])
+def test_upstream_errors_in_openai_envelope(client: openai.OpenAI, fakes: Upstreams, provider: str,
+                                            streamed: bool) -> None:
+    """A refusal before the answer starts is an OpenAI error with OpenAI's status, streamed or not."""
+    if provider == "gemini":
+        fakes.gemini.queue(gemini.Error(429, "quota"))
+    else:
+        fakes.anthropic.queue(AnthropicError(429, "rate_limit_error", "slow down"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        respond(client, streamed, model=f"to-{provider}", input="x")
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_fallback_to_the_next_target(client: openai.OpenAI, fakes: Upstreams, streamed: bool) -> None:
+    fakes.anthropic.queue(AnthropicError(529, "overloaded_error", "Overloaded"))
+    fakes.openai.queue(oai.Text(chunks=["From ", "OpenAI."]))
+    response = respond(client, streamed, model="to-fallback", input="x")
+    assert response.output_text == "From OpenAI."
+
+
+def test_unknown_key_is_refused_in_openai_envelope(upstreams_and_proxy: tuple[Upstreams, str]) -> None:
+    answer = httpx.post(f"{upstreams_and_proxy[1]}/v1/responses", headers={"authorization": "Bearer wrong"},
+                        json={"model": "to-anthropic", "input": "x"})
+    assert answer.status_code == 401
+    assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
