@@ -1,4 +1,4 @@
-"""The HTTP app: Anthropic Messages and OpenAI Chat Completions handlers in front of the proxy
+"""The HTTP app: Anthropic Messages, OpenAI Chat Completions and Responses handlers in front of the proxy
 pipeline (`_proxy.Proxy`).
 
 `create_app` only assembles; it reads no files and no environment (but the shipped schemas and the
@@ -46,6 +46,8 @@ from ._metrics import Metrics
 from ._observe import REQUEST_ID, Observer, Trace
 from ._proxy import Answer, Proxy, configured_models
 from ._redact import remember
+from ._responses import ResponsesInbound
+from ._responses import render as render_response
 from ._shutdown import Drain, register, unregister
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
@@ -64,6 +66,7 @@ class _State:
     messages_schema: RequestValidator
     count_schema: RequestValidator
     chat: ChatInbound
+    responses: ResponsesInbound
 
 
 def _state(request: Request[Any, Any, Any]) -> _State:
@@ -117,6 +120,21 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
                                         adapt=ChatInbound.adapt, trace=_trace(request))
     answer = render(decoded, body)
+    request.scope[_ANSWER] = answer  # type: ignore[literal-required]
+    return _send(answer)
+
+
+@post("/v1/responses", status_code=200)
+async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
+    """OpenAI Responses clients (Codex): like `chat_completions`, with the Responses inbound rules and
+    `_responses.render`. Stateless: a request that needs stored responses is refused."""
+    state = _state(request)
+    raw = await request.body()
+    body = _parse(raw)
+    translated = state.responses.request(body, request.headers)
+    decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
+                                        adapt=ResponsesInbound.adapt, trace=_trace(request))
+    answer = render_response(decoded, body)
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
 
@@ -196,7 +214,7 @@ _REQUEST_ID = "ccproxy.request_id"
 _ANSWER = "ccproxy.answer"
 _TRACE = "ccproxy.trace"
 #: The endpoints that send a request upstream: each gets a `Trace` (metrics, access log).
-_TRACED_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
+_TRACED_PATHS = frozenset({"/v1/messages", "/v1/chat/completions", "/v1/responses"})
 
 
 def _trace(request: Request[Any, Any, Any]) -> Trace | None:
@@ -207,7 +225,7 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 #: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
 _OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/")})
 #: Endpoints of OpenAI's API: their errors are in OpenAI's envelope whatever the headers say.
-_OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
@@ -369,7 +387,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                   drain=drain)
     observer = Observer(metrics, access_log=settings.access_log)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
-                   RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound())
+                   RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound(), ResponsesInbound())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -386,8 +404,8 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
 
     _remember_keys(settings)
     return Litestar(
-        route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, metrics_endpoint,
-                        health, head_root],
+        route_handlers=[create_message, chat_completions, responses, count_tokens, list_models, get_model,
+                        metrics_endpoint, health, head_root],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -33,8 +33,8 @@ from ._proxy import Answer, Decoded
 from ._types import JSONObject, SSEEvent
 from ._validation import RequestValidator
 
-__all__ = ["CHAT_RANGES", "ChatInbound", "ChunkWriter", "chunk_stream", "completion", "load_inbound", "openai_error",
-           "render"]
+__all__ = ["CHAT_RANGES", "ChatInbound", "ChunkWriter", "StreamWriter", "chunk_stream", "completion", "load_inbound",
+           "openai_error", "render"]
 
 INBOUND_RULES = BUILTIN_RULES_DIR / "inbound" / "openai-chat.yaml"
 
@@ -351,9 +351,19 @@ _HANDLERS = {
 }
 
 
+class StreamWriter(Protocol):
+    """What `chunk_stream` drives: `ChunkWriter` here, `_responses.EventWriter` for the Responses API."""
+
+    @property
+    def is_done(self) -> bool: ...
+
+    def feed(self, events: list[SSEEvent]) -> bytes: ...
+
+
 async def chunk_stream(events: AsyncGenerator[list[SSEEvent], None],
-                       writer: ChunkWriter) -> AsyncGenerator[bytes, None]:
-    """The Chat Completions byte stream of an Anthropic event stream; closes `events` however it ends.
+                       writer: StreamWriter) -> AsyncGenerator[bytes, None]:
+    """The client's byte stream of an Anthropic event stream (`writer` renders it in the client's
+    format); closes `events` however it ends.
     A stream that ends without ``message_stop`` or ``error`` (it cannot, from the engine) still ends
     with an error record rather than a silent cut."""
     try:

@@ -99,6 +99,8 @@ class WriteFile:
     call_id: str
     path: Path
     content: str
+    tool: str = "Write"
+    """The tool the scripted call names (the Codex test subclasses this for its exec_command)."""
 
     def arguments(self) -> dict[str, Any]:
         return {"file_path": str(self.path), "content": self.content}
@@ -182,7 +184,7 @@ class OpenAIUpstream:
         answer = self._model.answer(openai_turn(body))
         if isinstance(answer, Say):
             return Text(answer.text)
-        return ToolCalls([Call("Write", answer.arguments(), id=answer.call_id)], split=3)
+        return ToolCalls([Call(answer.tool, answer.arguments(), id=answer.call_id)], split=3)
 
     def turns(self) -> list[Turn]:
         return [openai_turn(request.body) for request in self.fake.requests if isinstance(request.body, dict)]
@@ -233,7 +235,7 @@ class AnthropicUpstream:
             block: dict[str, Any] = {"type": "text", "text": answer.text}
             start, delta, stop = {**block, "text": ""}, {"type": "text_delta", "text": answer.text}, "end_turn"
         else:
-            block = {"type": "tool_use", "id": answer.call_id, "name": "Write", "input": answer.arguments()}
+            block = {"type": "tool_use", "id": answer.call_id, "name": answer.tool, "input": answer.arguments()}
             start, stop = {**block, "input": {}}, "tool_use"
             delta = {"type": "input_json_delta", "partial_json": json.dumps(answer.arguments())}
         if body.get("stream") is True:
@@ -286,7 +288,7 @@ class GeminiUpstream:
         answer = self._model.answer(gemini_turn(body, streamed=self.fake.last.stream))
         if isinstance(answer, Say):
             return GeminiText(answer.text)
-        return GeminiCalls([GeminiCall("Write", answer.arguments(), id=answer.call_id)])
+        return GeminiCalls([GeminiCall(answer.tool, answer.arguments(), id=answer.call_id)])
 
     def turns(self) -> list[Turn]:
         return [gemini_turn(request.body, streamed=request.stream) for request in self.fake.requests
