@@ -13,7 +13,7 @@ OpenAI Responses API with a Responses-only model (bodies inside the `openai` SDK
 `ResponseCreateParams`, encrypted reasoning carried back through the CLI).
 
 Run it with `./scripts/install-claude-code && .venv/bin/pytest -m claude_code`; without the CLI it
-skips. `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
+skips (under `CI=true` it fails). `CCPROXY_RECORD_CLAUDE_CODE=<dir>` also writes the CLI's requests there as fixtures
 (tests/fixtures/claude-code/README.md describes the format and the masking).
 """
 
@@ -365,7 +365,10 @@ PROVIDERS = [
 @pytest.fixture(scope="module")
 def claude() -> Path:
     if not os.access(CLAUDE, os.X_OK):
-        pytest.skip(f"Claude Code {VERSION} is not installed at {CLAUDE}: run scripts/install-claude-code (needs npm)")
+        message = f"Claude Code {VERSION} is not installed at {CLAUDE}: run scripts/install-claude-code (needs npm)"
+        if os.environ.get("CI") == "true":  # .ci/run installs it: missing there is a failure, never a skip
+            pytest.fail(message)
+        pytest.skip(message)
     return CLAUDE
 
 
