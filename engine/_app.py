@@ -28,6 +28,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ._compiler import CompiledRules
 from ._config import Settings
+from ._dashboard import dashboard_router
 from ._endpoint import bind_endpoints
 from ._errors import (
     AuthenticationError,
@@ -40,6 +41,7 @@ from ._errors import (
 )
 from ._functions import new_id
 from ._proxy import Answer, Proxy
+from ._records import RequestRecords
 from ._redact import remember
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
@@ -153,8 +155,12 @@ _REQUEST_ID = "ccproxy.request_id"
 _ANSWER = "ccproxy.answer"
 #: What a client-sent request id may look like before it is echoed in a header or written to a log.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-#: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
-_OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/")})
+#: Endpoints that answer without the server key: liveness probes, Claude Code's HEAD / probe, and the
+#: dashboard's page and assets (no data: the page asks for the key; its data under /ui/api/ needs it).
+_OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/"), ("GET", "/ui")})
+_OPEN_PREFIX = "/ui/assets/"
+#: The dashboard's data also takes the key from this cookie, which the page sets once it has the key.
+_KEY_COOKIE = "ccproxy_key"
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
@@ -177,11 +183,14 @@ def _authenticator(api_key: str | None) -> Callable[[Request[Any, Any, Any]], Aw
     expected = api_key.encode()
 
     async def authenticate(request: Request[Any, Any, Any]) -> None:
-        if (request.method, request.scope["path"]) in _OPEN_ENDPOINTS:
+        path = request.scope["path"]
+        if (request.method, path) in _OPEN_ENDPOINTS or (request.method == "GET" and path.startswith(_OPEN_PREFIX)):
             return
         headers = request.headers
         bearer = headers.get("authorization", "")
         sent = [headers.get("x-api-key", ""), bearer[7:] if bearer[:7].lower() == "bearer " else ""]
+        if path.startswith("/ui/api/"):
+            sent.append(request.cookies.get(_KEY_COOKIE, ""))
         # every candidate is compared, so the time taken does not say which one was close
         matches = [hmac.compare_digest(candidate.encode(), expected) for candidate in sent if candidate]
         if not any(matches):
@@ -244,7 +253,8 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
                max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
     """The ASGI app for `settings` and compiled `rules` (`_cli.prepare` builds both from files)."""
-    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens)
+    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens,
+                  records=RequestRecords(settings.dashboard))
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
                    RequestValidator("anthropic.count_tokens.schema.json"))
 
@@ -264,7 +274,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         remember(provider.api_key)
     remember(settings.api_key)
     return Litestar(
-        route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root],
+        route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root, dashboard_router()],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),

@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_CONFIG_YAML",
     "EMBEDDED_SOURCE",
     "CustomRouter",
+    "DashboardSettings",
     "ProviderSettings",
     "RouteTarget",
     "Routes",
@@ -209,6 +210,17 @@ class CustomRouter:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """``server.dashboard`` in the config."""
+
+    capture: bool = False
+    """Keep the translated upstream request and the answer (keys masked): anyone with the server key
+    could read every prompt, so it is off unless the config says so."""
+    max_records: int = 1000
+    max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `serve` needs from the config. `providers` holds only enabled providers, in file
     order; `warnings` lists what was disabled and why; `source` is the file path or EMBEDDED_SOURCE."""
@@ -222,6 +234,7 @@ class Settings:
     warnings: list[Diagnostic] = field(default_factory=list)
     allow_unauthenticated: bool = False
     """Serve a non-loopback host without `api_key` (the user opted in)."""
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None, *,
@@ -384,6 +397,7 @@ class _Loader:
             port=server.get("port", DEFAULT_PORT),
             api_key=server.get("api_key") or None,
             allow_unauthenticated=bool(server.get("allow_unauthenticated", False)),
+            dashboard=DashboardSettings(**(server.get("dashboard") or {})),
             providers=providers,
             routes=self._routes(data["routes"], providers),
             source=self.source,

@@ -33,6 +33,7 @@ from ._errors import (
     UpstreamTimeoutError,
     error_envelope,
 )
+from ._records import RequestRecords, observe
 from ._router import Router
 from ._sse import encode_events
 from ._tokens import TokenCounter
@@ -90,8 +91,10 @@ class Proxy:
     """The pipeline's shared parts, built once per app: endpoints, router, upstream pools, token counter."""
 
     def __init__(self, settings: Settings, endpoints: Mapping[str, Endpoint], *,
-                 upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None) -> None:
+                 upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
+                 records: RequestRecords | None = None) -> None:
         self.settings = settings
+        self.records = records or RequestRecords()
         self.endpoints = dict(endpoints)
         self.router = Router(settings)
         self.upstream = upstream or UpstreamClient()
@@ -106,13 +109,23 @@ class Proxy:
 
     async def messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], *,
                        request_id: str) -> Answer:
-        """Answer one checked ``/v1/messages`` request: route it, then try its targets in order."""
+        """Answer one checked ``/v1/messages`` request: route it, then try its targets in order. Its
+        record (`RequestRecords`, the dashboard's) follows it to the end of the answer."""
+        observer = self.records.open(request_id, body)
+        try:
+            return observer.watch(await self._messages(body, raw, headers, request_id))
+        except BaseException as exc:
+            observer.failed(exc)
+            raise
+
+    async def _messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], request_id: str) -> Answer:
         route = await self.router.route(body, _memo(lambda: self.count_tokens(body, len(raw))))
         incoming = Incoming(route.body, raw if route.body is body else None,
                             {name.lower(): value for name, value in headers.items()})
         targets = route.targets
         for index, target in enumerate(targets):
             answer_headers = {"request-id": request_id, "x-ccproxy-route": route.header(target)}
+            observe().routed(route.reason, target.provider, target.model)
             try:
                 check_model_name(target.model)
                 return await self._forward(incoming, target, answer_headers, route.tokens, len(raw))
@@ -148,6 +161,7 @@ class Proxy:
         endpoint = self.endpoint(target)
         call = endpoint.prepare(incoming.body, model=target.model, client_headers=incoming.headers,
                                 raw=incoming.raw)
+        observe().prepared(call.request.body)
         if endpoint.is_passthrough:
             return await self._pass_through(endpoint, call, headers)
         if not call.stream:
