@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="*",
                        help="files or directories (default: ./rules or the built-in rules)")
     check.set_defaults(handler=_cmd_validate)
+    from ._statusline import add_parser as add_statusline
+
+    add_statusline(sub)
     return parser
 
 
