@@ -94,7 +94,7 @@ class Proxy:
                  upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
                  records: RequestRecords | None = None) -> None:
         self.settings = settings
-        self.records = records or RequestRecords()
+        self.records = records if records is not None else RequestRecords()
         self.endpoints = dict(endpoints)
         self.router = Router(settings)
         self.upstream = upstream or UpstreamClient()

@@ -66,7 +66,7 @@ function requestRow(r) {
   cell(row, fmt.n(u.input_tokens), "num");
   cell(row, fmt.n(u.output_tokens), "num");
   cell(row, fmt.n(u.cache_read_input_tokens), "num");
-  cell(row, r.state === "in_flight" ? "—" : fmt.cost(r.cost), "num");
+  cell(row, r.state === "in_flight" || !Object.keys(u).length ? "—" : fmt.cost(r.cost), "num");
   cell(row, r.error_type ? `${r.error_type}: ${r.error_message}` : "", "err");
   row.addEventListener("click", () => showDetail(r.id));
   return row;
@@ -84,10 +84,9 @@ function lineChart(minutes, keys, width, height) {
   const y = (v) => height - 2 - (v / top) * (height - 4);
   chart.appendChild(svg("line", { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: "axis" }));
   for (const key of keys) {
-    const points = minutes.map((m, i) => (m[key] === null ? null : `${x(i).toFixed(1)},${y(m[key]).toFixed(1)}`))
-      .filter((p) => p !== null);
-    if (points.length === 1) points.push(points[0]);
-    chart.appendChild(svg("polyline", { points: points.join(" "), class: key }));
+    const points = minutes.map((m, i) => (m[key] === null ? null : [x(i), y(m[key])])).filter((p) => p !== null);
+    chart.appendChild(svg("polyline", { points: points.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" "), class: key }));
+    for (const [px, py] of points) chart.appendChild(svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 2, class: key }));
   }
   chart.appendChild(Object.assign(svg("title"), { textContent: `max ${fmt.ms(top)}` }));
   return chart;
@@ -116,7 +115,7 @@ function providerCard(name, info) {
   const errors = minutes.reduce((s, m) => s + m.errors, 0);
   const last = [...minutes].reverse().find((m) => m.p50 !== null);
   const stats = el("div", null, "stats");
-  stats.append(el("span", `${(total / 15).toFixed(1)} req/min`), el("span", `errors ${total ? Math.round((errors / total) * 100) : 0}%`),
+  stats.append(el("span", `${(total / 15).toFixed(1)} req/min avg`), el("span", `errors ${total ? Math.round((errors / total) * 100) : 0}%`),
     el("span", `p50 ${fmt.ms(last?.p50)} · p95 ${fmt.ms(last?.p95)} · p99 ${fmt.ms(last?.p99)}`),
     el("span", `breaker ${info.breaker ?? "n/a"}`));
   card.appendChild(stats);
