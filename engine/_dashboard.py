@@ -51,8 +51,9 @@ def _json(content: Any) -> Response[bytes]:
 
 
 def price_cost(price: Mapping[str, Any] | None, usage: Mapping[str, int]) -> float | None:
-    """USD for `usage` at `price` (USD per million tokens); None when the model has no price."""
-    if not price:
+    """USD for `usage` at `price` (USD per million tokens); None when the model has no price or nothing
+    was counted (a request that failed before its answer)."""
+    if not price or not usage:
         return None
     base = float(price["input"])
     total = (usage.get("input_tokens", 0) * base

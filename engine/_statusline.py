@@ -74,13 +74,14 @@ def format_line(record: Mapping[str, Any]) -> str:
     answered = f"{record.get('provider')}/{record.get('model')}" if record.get("provider") else "?"
     if record.get("state") == "in_flight":
         return f"{answered} · answering…"
-    usage = record.get("usage") or {}
-    tokens = f"in {_count(usage.get('input_tokens'))}"
-    if usage.get("cache_read_input_tokens"):
-        tokens += f" (cached {_count(usage['cache_read_input_tokens'])})"
-    tokens += f" out {_count(usage.get('output_tokens'))}"
-    cost = record.get("cost")
-    parts = [answered, tokens, "cost unknown" if cost is None else f"${cost:.4f}"]
+    parts = [answered]
+    if usage := record.get("usage"):
+        tokens = f"in {_count(usage.get('input_tokens'))}"
+        if usage.get("cache_read_input_tokens"):
+            tokens += f" (cached {_count(usage['cache_read_input_tokens'])})"
+        tokens += f" out {_count(usage.get('output_tokens'))}"
+        cost = record.get("cost")
+        parts += [tokens, "cost unknown" if cost is None else f"${cost:.4f}"]
     if record.get("total_ms") is not None:
         parts.append(f"{record['total_ms'] / 1000:.2f} s")
     if record.get("state") == "error":
