@@ -63,6 +63,8 @@ def keyed_proxy(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     ("POST", "/v1/messages/count_tokens", {"model": MODEL, "messages": user("Hi")}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/openai/gpt-4.1", None),
+    ("GET", "/ui/api/requests", None),
+    ("GET", "/ui/api/summary", None),
 ])
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong-key"}, {"authorization": "Bearer wrong-key"},
                                      {"authorization": SERVER_KEY}, {"x-api-key": SERVER_KEY[:-1]}],
