@@ -280,9 +280,10 @@ class Observer:
             return
         if isinstance(exc, EngineError):
             error_type, message, status = exc.error_type, exc.message, exc.status
-        elif exc is not None and error_type is None:
-            error_type, message = ("client_closed", "the client went away") if _is_cancel(exc) else \
-                ("api_error", f"{type(exc).__name__}: {exc}")
+        elif exc is not None and _is_cancel(exc):
+            error_type, message, status = "client_closed", "the client went away", 499
+        elif exc is not None:
+            error_type, message = "api_error", f"{type(exc).__name__}: {exc}"
         record.state, record.status, record.total_ms = "error", status or 500, self._elapsed_ms()
         record.error_type = error_type or "api_error"
         record.error_message = redact(message or "")[:2000]
@@ -293,7 +294,7 @@ class Observer:
     def watch(self, answer: _A) -> _A:
         """Follow an `Answer` to its end: a whole body is read now, a stream as it is sent."""
         if answer.stream is not None:
-            answer.stream = self._follow(answer.stream)
+            answer.stream = _Followed(self, answer.stream)
             return answer
         self._whole(answer.content, answer.status)
         return answer
@@ -346,6 +347,32 @@ class Observer:
             usage = (payload.get("message") or {}).get("usage") if name == "message_start" else payload.get("usage")
             if isinstance(usage, dict):
                 self.usage(usage)
+
+
+class _Followed(AsyncGenerator[bytes, None]):
+    """`Observer._follow` as the answer's stream, which also ends the record when the stream is closed
+    before it started (the client left before the response began): a generator that never ran has no
+    ``finally`` to do it."""
+
+    __slots__ = ("_follow", "_observer", "_started")
+
+    def __init__(self, observer: Observer, stream: AsyncGenerator[bytes, None]) -> None:
+        self._observer = observer
+        self._follow = observer._follow(stream)
+        self._started = False
+
+    async def asend(self, value: None) -> bytes:
+        self._started = True
+        return await self._follow.asend(value)
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        return await self._follow.athrow(typ, val, tb)
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._observer.failed(error_type="client_closed", message="the client went away before the answer",
+                                  status=499)
+        await self._follow.aclose()
 
 
 _DETACHED = RequestRecord(id="", started=0.0, client_model="", stream=False, session=None)

@@ -145,6 +145,16 @@ def test_a_client_that_leaves_mid_stream() -> None:
     assert records.recent()[0].error_type == "client_closed"
 
 
+def test_a_stream_closed_before_it_started() -> None:
+    records = RequestRecords()
+    observer = records.open("u1", _body())
+    answer = observer.watch(_Answer(stream=_events(("ping", {"type": "ping"}))))
+    assert answer.stream is not None
+    asyncio.run(answer.stream.aclose())
+    record = records.recent()[0]
+    assert (record.state, record.error_type, record.status) == ("error", "client_closed", 499)
+
+
 def test_a_whole_answer_and_its_capture() -> None:
     records = RequestRecords(DashboardSettings(capture=True))
     observer = records.open("w1", {"model": "m"})
