@@ -112,7 +112,8 @@ def _open(page: Any, proxy_url: str) -> None:
 
 
 def _row(page: Any, text: str) -> Any:
-    row = page.locator("#requests tbody tr", has_text=text).first
+    """The newest finished request whose row shows `text` (the page may have polled while it was in flight)."""
+    row = page.locator("#requests tbody tr", has_text=text, has_not=page.locator("td.state-in_flight")).first
     row.wait_for(timeout=WAIT_MS)
     return row
 
