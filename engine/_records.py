@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -311,14 +311,13 @@ class Observer:
         self.finished(status)
 
     async def _follow(self, stream: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-        decoder = SSEDecoder()
+        scanner = _EventScanner(self)
         kept = bytearray()
-        capture = self._records is not None and self._records.settings.capture
+        keep = self._records.settings.max_bytes // 16 if self._records and self._records.settings.capture else 0
         try:
             async for chunk in stream:
-                for event in decoder.feed(chunk):
-                    self._event(event.event, event.data)
-                if capture and len(kept) < (self._records.settings.max_bytes // 16 if self._records else 0):
+                scanner.feed(chunk)
+                if len(kept) < keep:
                     kept += chunk
                 yield chunk
         except BaseException as exc:
@@ -326,7 +325,7 @@ class Observer:
             raise
         finally:
             await stream.aclose()
-            if capture:
+            if keep:
                 self._capture("answer", bytes(kept))
             self.finished()
 
@@ -349,6 +348,39 @@ class Observer:
                 self.usage(usage)
 
 
+class _EventScanner:
+    """Finds the few events a record needs in the Anthropic SSE bytes going to the client, without
+    decoding the rest: a stream is mostly ``content_block_delta`` events, and decoding each one again
+    would cost more than translating it. Only complete events (up to the last blank line) whose bytes
+    name a wanted event are decoded; the rest of a read waits for the next one."""
+
+    __slots__ = ("_observer", "_pending")
+
+    #: An event left unfinished longer than this is not waited for (it holds no usage worth the memory).
+    MAX_PENDING = 256 * 1024
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._pending and chunk.endswith(b"\n\n"):
+            complete = chunk  # a translated stream's reads are whole events
+        else:
+            data = self._pending + chunk
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                self._pending = data if len(data) <= self.MAX_PENDING else b""
+                return
+            self._pending = data[end + 2:]
+            complete = data[:end + 2]
+        wanted = b"message_" in complete or b"event: error" in complete or (
+            self._observer.record.ttft_ms is None and b"content_block" in complete)
+        if wanted:
+            for event in SSEDecoder().feed(complete):
+                self._observer._event(event.event, event.data)
+
+
 class _Followed(AsyncGenerator[bytes, None]):
     """`Observer._follow` as the answer's stream, which also ends the record when the stream is closed
     before it started (the client left before the response began): a generator that never ran has no
@@ -361,12 +393,16 @@ class _Followed(AsyncGenerator[bytes, None]):
         self._follow = observer._follow(stream)
         self._started = False
 
-    async def asend(self, value: None) -> bytes:
+    def __anext__(self) -> Awaitable[bytes]:  # type: ignore[override]  # no coroutine frame of its own a chunk
         self._started = True
-        return await self._follow.asend(value)
+        return self._follow.__anext__()
 
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
-        return await self._follow.athrow(typ, val, tb)
+    def asend(self, value: None) -> Awaitable[bytes]:  # type: ignore[override]
+        self._started = True
+        return self._follow.asend(value)
+
+    def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Awaitable[bytes]:  # type: ignore[override]
+        return self._follow.athrow(typ, val, tb)
 
     async def aclose(self) -> None:
         if not self._started:

@@ -109,6 +109,27 @@ def test_in_flight_requests_are_listed_and_a_stream_fills_its_record() -> None:
     assert len(minutes) == 15 and minutes[-1]["requests"] == 1 and minutes[-1]["p50"] == record.total_ms
 
 
+def test_events_split_anywhere_are_still_read() -> None:
+    """A passthrough relays the upstream's reads as they come: events cut mid-line, several per read."""
+    whole = b"".join(encode_events([event]) for event in (
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 7, "output_tokens": 1}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "hi"}}),
+        ("message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}}),
+    ))
+
+    async def pieces() -> AsyncGenerator[bytes, None]:
+        for start in range(0, len(whole), 5):
+            yield whole[start:start + 5]
+
+    records = RequestRecords()
+    answer = records.open("p1", _body()).watch(_Answer(stream=pieces()))
+    asyncio.run(_drain(answer))
+    record = records.recent()[0]
+    assert record.usage == {"input_tokens": 7, "output_tokens": 3}
+    assert record.ttft_ms is not None
+
+
 def test_an_error_event_fails_the_record_with_keys_masked() -> None:
     remember(SECRET)
     records = RequestRecords()
