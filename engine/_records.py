@@ -121,7 +121,6 @@ class RequestRecords:
 
     def __init__(self, settings: DashboardSettings | None = None) -> None:
         self.settings = settings or DashboardSettings()
-        self.pid = os.getpid()
         self.started = time.time()
         self._ring: OrderedDict[str, RequestRecord] = OrderedDict()
         self._bytes = 0
@@ -181,6 +180,12 @@ class RequestRecords:
 
     def __len__(self) -> int:
         return len(self._ring)
+
+    @property
+    def pid(self) -> int:
+        """The worker's pid, asked each time: `serve --workers N` builds the app (and these records)
+        once, then forks the workers, each of which then keeps its own."""
+        return os.getpid()
 
     @property
     def bytes(self) -> int:
