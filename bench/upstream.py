@@ -1,28 +1,35 @@
 """A fast canned OpenAI upstream for benchmarks: answers every POST with the same completion.
 
-Non-streamed requests get a chat.completion body; streamed ones get 20 content chunks, a finish
-chunk, a usage chunk and [DONE]. Serve it with granian: ``granian --interface asgi bench.upstream:app``.
+Non-streamed requests get a chat.completion body; streamed ones get `STREAM_CHUNKS` content chunks,
+a finish chunk, a usage chunk and [DONE], each chunk its own write (so a client sees the first token
+before the last, as from a real model, only without the model's delays). Serve it with granian:
+``granian --interface asgi bench.upstream:app``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
+STREAM_CHUNKS = 40
 _BASE = {"id": "chatcmpl-bench", "created": 1, "model": "gpt-4.1"}
 ANSWER = orjson.dumps({**_BASE, "object": "chat.completion", "choices": [{
     "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok " * 20}}],
     "usage": {"prompt_tokens": 2500, "completion_tokens": 20}})
 _CHUNK = {**_BASE, "object": "chat.completion.chunk"}
-STREAM = b"".join(
+STREAM = (
     [b"data: " + orjson.dumps({**_CHUNK, "choices": [{"index": 0, "delta": {"content": "ok "},
-                                                       "finish_reason": None}]}) + b"\n\n"] * 20
+                                                       "finish_reason": None}]}) + b"\n\n"] * STREAM_CHUNKS
     + [b"data: " + orjson.dumps({**_CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
        + b"\n\n",
        b"data: " + orjson.dumps({**_CHUNK, "choices": [], "usage": {"prompt_tokens": 2500,
-                                                                   "completion_tokens": 20}}) + b"\n\n",
+                                                                   "completion_tokens": 40}}) + b"\n\n",
        b"data: [DONE]\n\n"])
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+_IS_STREAM = re.compile(rb'"stream"\s*:\s*true')
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -34,8 +41,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    is_stream = b'"stream":true' in body
-    payload, kind = (STREAM, b"text/event-stream") if is_stream else (ANSWER, b"application/json")
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", kind), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
+    if not _IS_STREAM.search(body):
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": ANSWER})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    for chunk in STREAM:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

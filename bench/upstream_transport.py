@@ -1,13 +1,17 @@
-"""Cost of one upstream call through `UpstreamClient`: the aiohttp transport vs httpx's default one.
+"""Cost of one upstream call through `UpstreamClient`, by HTTP layer, measured in one run.
 
     .venv/bin/python bench/upstream_transport.py [--requests 2000] [--rounds 3] [--loop uvloop|asyncio]
 
 A minimal keep-alive HTTP/1.1 server runs in a child process (so its CPU is not counted) and answers
 every POST with a small JSON body. The client sends the requests one after another, each with a 10 KB
-body, through `UpstreamClient.send` + `read` (the engine's real path), and reports wall time and this
-process's CPU time per request, best of the rounds, plus the ratio default/aiohttp. A third row
-sends the same calls on a bare ``httpx.AsyncClient`` with the aiohttp transport: the difference to
-the first row is what `UpstreamClient` itself costs.
+body, and reports wall time and this process's CPU time per request, best of the rounds. Rows:
+
+* ``aiohttp``: `UpstreamClient.send` + `read` as the engine runs it (aiohttp directly);
+* ``httpx+aiohttp``: `UpstreamClient` handed httpx-aiohttp's transport (the engine's path before);
+* ``httpx-default``: `UpstreamClient` on httpx's own transport;
+* ``bare httpx+aiohttp``: a bare ``httpx.AsyncClient`` over the aiohttp transport, no `UpstreamClient`;
+* ``aiohttp alone``: a bare ``aiohttp.ClientSession``: the floor. Its difference to ``aiohttp`` is
+  what `UpstreamClient` itself costs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from ccproxy_engine._config import Timeouts
 from ccproxy_engine._upstream import UpstreamClient, UpstreamRequest
@@ -71,8 +76,6 @@ def _serve(sock: socket.socket) -> None:
 
 async def _measure_bare(url: str, count: int) -> tuple[float, float]:
     """The same calls on a bare httpx client with the aiohttp transport: what `_upstream` adds."""
-    from httpx_aiohttp import AiohttpTransport
-
     async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=300) as client:
         for _ in range(100):
             await client.post(url, content=BODY, headers={"content-type": "application/json"})
@@ -80,6 +83,26 @@ async def _measure_bare(url: str, count: int) -> tuple[float, float]:
         for _ in range(count):
             response = await client.post(url, content=BODY, headers={"content-type": "application/json"})
             assert response.status_code == 200
+        return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
+async def _measure_aiohttp(url: str, count: int) -> tuple[float, float]:
+    """The same calls on aiohttp alone (one ClientSession, body read in chunks as the engine does):
+    the floor under any httpx layer."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def call() -> None:
+            async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
+                assert response.status == 200
+                b"".join([chunk async for chunk in response.content.iter_any()])
+
+        for _ in range(100):
+            await call()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            await call()
         return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
@@ -118,11 +141,13 @@ def main() -> None:
         run = uvloop.run
     try:
         results: dict[str, list[tuple[float, float]]] = {
-            "aiohttp": [], "httpx-default": [], "bare aiohttp": []}
+            "aiohttp": [], "httpx+aiohttp": [], "httpx-default": [], "bare httpx+aiohttp": [], "aiohttp alone": []}
         for _ in range(args.rounds):  # interleaved, so drift hits all alike
             results["aiohttp"].append(run(_measure(None, url, args.requests)))
+            results["httpx+aiohttp"].append(run(_measure(AiohttpTransport(), url, args.requests)))
             results["httpx-default"].append(run(_measure(httpx.AsyncHTTPTransport(), url, args.requests)))
-            results["bare aiohttp"].append(run(_measure_bare(url, args.requests)))
+            results["bare httpx+aiohttp"].append(run(_measure_bare(url, args.requests)))
+            results["aiohttp alone"].append(run(_measure_aiohttp(url, args.requests)))
     finally:
         server.kill()
     best = {name: (min(w for w, _ in rows), min(c for _, c in rows)) for name, rows in results.items()}
@@ -130,11 +155,11 @@ def main() -> None:
           f"best of {args.rounds} rounds")
     for name, (wall, cpu) in best.items():
         median = statistics.median(w for w, _ in results[name])
-        print(f"  {name:14} wall {wall * 1e6:7.0f} µs/req (median {median * 1e6:.0f})   "
+        print(f"  {name:18} wall {wall * 1e6:7.0f} µs/req (median {median * 1e6:.0f})   "
               f"client CPU {cpu * 1e6:7.0f} µs/req   {1 / wall:7.0f} req/s")
-    ratio_wall = best["httpx-default"][0] / best["aiohttp"][0]
-    ratio_cpu = best["httpx-default"][1] / best["aiohttp"][1]
-    print(f"  default/aiohttp: wall x{ratio_wall:.2f}, client CPU x{ratio_cpu:.2f}")
+    for other in ("httpx+aiohttp", "httpx-default"):
+        print(f"  {other} / aiohttp: wall x{best[other][0] / best['aiohttp'][0]:.2f}, "
+              f"client CPU x{best[other][1] / best['aiohttp'][1]:.2f}")
 
 
 if __name__ == "__main__":

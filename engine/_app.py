@@ -1,9 +1,11 @@
-"""The HTTP app: Anthropic Messages API handlers in front of the proxy pipeline (`_proxy.Proxy`).
+"""The HTTP app: Anthropic Messages and OpenAI Chat Completions handlers in front of the proxy
+pipeline (`_proxy.Proxy`).
 
-`create_app` only assembles; it reads no files and no environment, so ``serve`` and the tests build
-the same app from different inputs. A handler reads and checks the request (`RequestValidator`),
-asks the pipeline, and sends its `Answer`; every error, whoever raised it, is rendered by one
-handler as the Anthropic envelope with the matching status.
+`create_app` only assembles; it reads no files and no environment (but the shipped schemas and the
+inbound rule file, package data like them), so ``serve`` and the tests build the same app from
+different inputs. A handler reads and checks the request (`RequestValidator`; for Chat Completions,
+`_chat.ChatInbound`), asks the pipeline, and sends its `Answer`; every error, whoever raised it, is
+rendered by one handler in the envelope of the API the client called, with the matching status.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from ._chat import ChatInbound, openai_error, render
 from ._compiler import CompiledRules
 from ._config import Settings
 from ._dashboard import dashboard_router
@@ -59,6 +62,7 @@ class _State:
     proxy: Proxy
     messages_schema: RequestValidator
     count_schema: RequestValidator
+    chat: ChatInbound
 
 
 def _state(request: Request[Any, Any, Any]) -> _State:
@@ -100,6 +104,21 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     return _send(answer)
 
 
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    """OpenAI Chat Completions clients: the inbound rules build the Anthropic request, the pipeline
+    routes and sends it like any other, `_chat.render` answers in the client's format."""
+    state = _state(request)
+    raw = await request.body()
+    body = _parse(raw)
+    translated = state.chat.request(body, request.headers)
+    decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
+                                        adapt=ChatInbound.adapt)
+    answer = render(decoded, body)
+    request.scope[_ANSWER] = answer  # type: ignore[literal-required]
+    return _send(answer)
+
+
 @post("/v1/messages/count_tokens", status_code=200)
 async def count_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = _state(request)
@@ -109,13 +128,26 @@ async def count_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json_response({"input_tokens": await state.proxy.count_tokens(body, len(raw))})
 
 
-def _model_info(model_id: str) -> dict[str, Any]:
+def _model_info(model_id: str, openai: bool) -> dict[str, Any]:
+    if openai:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": model_id.split("/", 1)[0]}
     return {"type": "model", "id": model_id, "display_name": model_id, "created_at": "2025-01-01T00:00:00Z"}
+
+
+def _is_openai_client(request: Request[Any, Any, Any]) -> bool:
+    """An OpenAI-format client: the Chat Completions endpoint, or the models endpoints (which both APIs
+    have) without ``anthropic-version``, which every Anthropic client sends. Anything else is Anthropic's."""
+    path: str = request.scope["path"]
+    if path in _OPENAI_PATHS:
+        return True
+    return path.startswith("/v1/models") and "anthropic-version" not in request.headers
 
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     ids = _state(request).proxy.model_ids()
+    if _is_openai_client(request):
+        return _json_response({"object": "list", "data": [_model_info(i, True) for i in ids]})
     params = request.query_params
     try:
         limit = max(1, min(int(params.get("limit", 20)), 1000))
@@ -126,7 +158,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     if before := params.get("before_id"):
         ids = ids[:ids.index(before)] if before in ids else []
     page = ids[:limit]
-    return _json_response({"data": [_model_info(i) for i in page], "has_more": len(ids) > limit,
+    return _json_response({"data": [_model_info(i, False) for i in page], "has_more": len(ids) > limit,
                            "first_id": page[0] if page else None, "last_id": page[-1] if page else None})
 
 
@@ -135,7 +167,7 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     model_id = model_id.lstrip("/")
     if model_id not in _state(request).proxy.model_ids():
         raise NotFoundError(f"model '{model_id}' is not configured")
-    return _json_response(_model_info(model_id))
+    return _json_response(_model_info(model_id, _is_openai_client(request)))
 
 
 @get("/health")
@@ -161,6 +193,8 @@ _OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/"), ("GET", "/ui")})
 _OPEN_PREFIX = "/ui/assets/"
 #: The dashboard's data also takes the key from this cookie, which the page sets once it has the key.
 _KEY_COOKIE = "ccproxy_key"
+#: Endpoints of OpenAI's API: their errors are in OpenAI's envelope whatever the headers say.
+_OPENAI_PATHS = frozenset({"/v1/chat/completions"})
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:
@@ -219,21 +253,25 @@ def _closes_answers(app: ASGIApp) -> ASGIApp:
 
 
 def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Every error a client sees, as the Anthropic envelope with the matching status."""
+    """Every error a client sees, in the envelope of the API it called (`_is_openai_client`) with the
+    matching status: Anthropic's, or OpenAI's ``{"error": {message, type, param, code}}``."""
     request_id = _request_id(request)
+    headers = {"request-id": request_id}
     if isinstance(exc, EngineError):
         if isinstance(exc, UpstreamError):
             logger.warning("%s", exc.message)
-        headers = {"request-id": request_id, **exc.headers}
-        return _json_response(exc.envelope(request_id), exc.status, headers)
-    if isinstance(exc, HTTPException):
+        error_type, message, status = exc.error_type, exc.message, exc.status
+        headers.update(exc.headers)
+    elif isinstance(exc, HTTPException):
         status = exc.status_code
-        message = _http_message(status, request, exc)
-        return _json_response(error_envelope(error_type_for_status(status), message, request_id), status,
-                              {"request-id": request_id})
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json_response(error_envelope("api_error", "internal error", request_id), 500,
-                          {"request-id": request_id})
+        error_type, message = error_type_for_status(status), _http_message(status, request, exc)
+    else:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        error_type, message, status = "api_error", "internal error", 500
+    if _is_openai_client(request):
+        status, envelope = openai_error(error_type, message, status)
+        return _json_response(envelope, status, headers)
+    return _json_response(error_envelope(error_type, message, request_id), status, headers)
 
 
 def _http_message(status: int, request: Request[Any, Any, Any], exc: HTTPException) -> str:
@@ -256,7 +294,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens,
                   records=RequestRecords(settings.dashboard))
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
-                   RequestValidator("anthropic.count_tokens.schema.json"))
+                   RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -274,7 +312,8 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         remember(provider.api_key)
     remember(settings.api_key)
     return Litestar(
-        route_handlers=[create_message, count_tokens, list_models, get_model, health, head_root, dashboard_router()],
+        route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, health, head_root,
+                        dashboard_router()],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),

@@ -48,6 +48,7 @@ from ._types import (
     FinishDelta,
     JSONObject,
     KeyPath,
+    RedactedThinkingDelta,
     Selector,
     TextDelta,
     ThinkingDelta,
@@ -106,6 +107,7 @@ class _DecoderSpec:
     parts: Selector
     thinking: Selector
     signature: Selector
+    redacted: Selector
     text: Selector
     refusal: Selector
     tool_calls: Selector
@@ -187,6 +189,9 @@ class ResponseDecoder:
         signature = spec.signature(part)
         if thinking or signature:
             out.append(ThinkingDelta(thinking if isinstance(thinking, str) else "", signature or None))
+        redacted = spec.redacted(part)
+        out.extend(RedactedThinkingDelta(data) for data in ([redacted] if isinstance(redacted, str) else redacted or ())
+                   if data and isinstance(data, str))
         text = spec.text(part)
         if text and isinstance(text, str):
             out.append(TextDelta(text))
@@ -217,11 +222,11 @@ class ResponseDecoder:
             return None
         cache_read = _as_int(selectors.cache_read(chunk))
         cache_write = _as_int(selectors.cache_write(chunk))
-        input_tokens = None
-        if total_in is not None:
-            input_tokens = max(0, _as_int(total_in) - cache_read - cache_write)
-        return UsageDelta(input_tokens=input_tokens,
-                          output_tokens=None if output is None else _as_int(output),
+        output_tokens = None if output is None else _as_int(output)
+        if total_in is None:  # an output-only count (Anthropic's message_delta) keeps the input counts
+            return UsageDelta(output_tokens=output_tokens)
+        return UsageDelta(input_tokens=max(0, _as_int(total_in) - cache_read - cache_write),
+                          output_tokens=output_tokens,
                           cache_read_input_tokens=cache_read, cache_creation_input_tokens=cache_write)
 
 
@@ -339,6 +344,8 @@ class CompiledRules:
     """The provider speaks Anthropic Messages: bodies and answers go through byte for byte."""
     tool_id: Compiled | None = None
     """``request.tool_id``: a client tool-call id → the id sent upstream (given ``id`` and ``model``)."""
+    emulate_stop_sequences: bool = False
+    """The engine owns the client's stop_sequences (`_stream.StopScanner`); the rules send none upstream."""
     _caps_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capabilities(self, model: str) -> dict[str, Any]:
@@ -441,7 +448,8 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
     ctx = CompileContext(rule_set, names)
     request = data.get("request") or {}
     passthrough = bool(data.get("passthrough", False))
-    missing = [key for key in (("url",) if passthrough else ("url", "body")) if key not in request]
+    required = ("url",) if passthrough else ("body",) if data.get("inbound") else ("url", "body")
+    missing = [key for key in required if key not in request]
     for key in missing:
         pos = rule_set.key_position(("request",)) if "request" in data else rule_set.position(())
         ctx.report(pos, DiagnosticCode.SCHEMA, f"request.{key} is required (directly or through 'extends')")
@@ -470,6 +478,7 @@ def compile_rule_set(rule_set: RuleSet) -> tuple[CompiledRules | None, list[Diag
         finish_errors={str(k): _selector(data["finish_errors"], k, ("finish_errors",), ctx)
                        for k in data.get("finish_errors") or {}},
         errors=errors, passthrough=passthrough, tool_id=tool_id,
+        emulate_stop_sequences=bool(data.get("emulate_stop_sequences", False)) and not passthrough,
     )
     has_error = any(d.severity == "error" for d in ctx.diagnostics)
     return (None if has_error else compiled), ctx.diagnostics
@@ -497,7 +506,7 @@ def _selector(section: dict[str, Any], key: str, key_path: KeyPath, ctx: Compile
     return compile_selector(expression, (*key_path, key), ctx)
 
 
-_PART_KEYS = ("thinking", "signature", "text", "refusal", "tool_calls")
+_PART_KEYS = ("thinking", "signature", "redacted", "text", "refusal", "tool_calls")
 _CALL_KEYS = ("key", "id", "name", "arguments")
 _USAGE_KEYS = ("input", "output", "cache_read", "cache_write")
 
@@ -532,7 +541,7 @@ def _compile_decoder(name: str, ctx: CompileContext, fallback: str | None = None
     done = setting("done")
     return _DecoderSpec(
         parts=parts,
-        thinking=part["thinking"], signature=part["signature"], text=part["text"],
+        thinking=part["thinking"], signature=part["signature"], redacted=part["redacted"], text=part["text"],
         refusal=part["refusal"], tool_calls=part["tool_calls"],
         call_key=call["key"], call_id=call["id"], call_name=call["name"], call_arguments=call["arguments"],
         whole_calls=bool(setting("tool_call", "whole")),

@@ -32,7 +32,8 @@ from ._compiler import CompiledRules, ResponseDecoder
 from ._config import ProviderSettings, Settings
 from ._errors import UpstreamStatusError
 from ._functions import encode_signature, new_id
-from ._stream import MessageBuilder, StreamMachine
+from ._stream import MessageBuilder, StreamMachine, emulated_stop_sequences, stop_scanner
+from ._thinking import passthrough_body
 from ._translate import StreamTranslator, replace_model, translate_message
 from ._types import JSONObject
 from ._upstream import UpstreamRequest
@@ -53,6 +54,8 @@ class UpstreamCall:
     """Upstream tool name → the client's, for names the rules changed."""
     body: JSONObject | None = field(default=None, repr=False)
     """The built upstream body before encoding (None for a passthrough, which sends the client's bytes)."""
+    stop_sequences: tuple[str, ...] = ()
+    """The client's stop sequences when the rules emulate them: the answer is scanned for them."""
 
     @property
     def stream(self) -> bool:
@@ -89,7 +92,8 @@ class Endpoint:
             body=self._payload(prepared.body, body, raw, model), stream=stream, timeouts=self.settings.timeouts,
         )
         return UpstreamCall(request, model, str(body.get("model")), prepared.tool_names,
-                            None if self.is_passthrough else prepared.body)
+                            None if self.is_passthrough else prepared.body,
+                            emulated_stop_sequences(body, self.rules.emulate_stop_sequences))
 
     def _payload(self, built: JSONObject, body: JSONObject, raw: bytes | None, model: str) -> bytes:
         return orjson.dumps(built, default=_undefined_as_null)
@@ -111,14 +115,15 @@ class Endpoint:
     def message(self, call: UpstreamCall, raw: bytes) -> JSONObject:
         """A whole upstream answer (JSON bytes) → the Anthropic message; raises `EngineError`s."""
         builder = MessageBuilder(provider=self.name, message_id=new_id("msg_"), model=call.client_model,
-                                 tool_names=call.tool_names, sign=self.signer(call.model))
+                                 tool_names=call.tool_names, sign=self.signer(call.model),
+                                 stop=stop_scanner(call.stop_sequences))
         return translate_message(self.decoder(stream=False), raw, builder)
 
     def events(self, call: UpstreamCall, input_tokens: int) -> StreamTranslator:
         """A translator for one streamed answer: upstream bytes in, Anthropic events out."""
         machine = StreamMachine(provider=self.name, message_id=new_id("msg_"), model=call.client_model,
                                 tool_names=call.tool_names, sign=self.signer(call.model),
-                                input_tokens=input_tokens)
+                                input_tokens=input_tokens, stop=stop_scanner(call.stop_sequences))
         return StreamTranslator(self.decoder(stream=True), machine)
 
 
@@ -131,7 +136,8 @@ class PassthroughEndpoint(Endpoint):
     is_passthrough = True
 
     def _payload(self, built: JSONObject, body: JSONObject, raw: bytes | None, model: str) -> bytes:
-        return replace_model(raw if raw is not None else orjson.dumps(body), model)
+        """The client's bytes with the routed model, less reasoning Anthropic did not sign (`_thinking`)."""
+        return replace_model(passthrough_body(body, raw), model)
 
 
 def bind_endpoints(settings: Settings, rules: Mapping[str, CompiledRules],

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
@@ -38,10 +38,10 @@ from ._router import Router
 from ._sse import encode_events
 from ._tokens import TokenCounter
 from ._translate import StreamTranslator
-from ._types import JSONObject
+from ._types import JSONObject, SSEEvent
 from ._upstream import UpstreamClient, UpstreamResponse
 
-__all__ = ["KEEPALIVE_SECONDS", "Answer", "Incoming", "Proxy", "check_model_name"]
+__all__ = ["KEEPALIVE_SECONDS", "Adapter", "Answer", "Decoded", "Exchange", "Incoming", "Proxy", "check_model_name"]
 
 logger = logging.getLogger("ccproxy_engine")
 
@@ -87,6 +87,47 @@ class Answer:
             await self.upstream.aclose()
 
 
+@dataclass(slots=True)
+class Decoded:
+    """An answer as Anthropic values, for clients of another API: the `message`, or the `events` (batches
+    of Anthropic stream events, pings included, an ``error`` event ending a failed stream).
+
+    Like `Answer`, a streamed one owns its upstream response: the events close it however they end,
+    and `aclose` frees it when they never started."""
+
+    headers: dict[str, str]
+    message: JSONObject | None = None
+    events: AsyncGenerator[list[SSEEvent], None] | None = field(default=None, repr=False)
+    upstream: UpstreamResponse | None = field(default=None, repr=False)
+
+    async def aclose(self) -> None:
+        if self.events is not None:
+            await self.events.aclose()
+        if self.upstream is not None and not self.upstream.is_closed:
+            await self.upstream.aclose()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One target's attempt at a request: what making its answer needs."""
+
+    endpoint: Endpoint
+    call: UpstreamCall
+    incoming: Incoming
+    headers: dict[str, str]
+    """The answer's headers: request id and route."""
+    tokens: int | None
+    """The input-token count, when routing already counted it."""
+    size: int
+    """The client's body size in bytes (how the token count is scheduled)."""
+
+
+Adapter: TypeAlias = Callable[[JSONObject, Endpoint, str], JSONObject]
+"""Completes a request body for one target (endpoint, model); returns the body itself when it has nothing to add."""
+
+_T = TypeVar("_T")
+
+
 class Proxy:
     """The pipeline's shared parts, built once per app: endpoints, router, upstream pools, token counter."""
 
@@ -109,26 +150,53 @@ class Proxy:
 
     async def messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], *,
                        request_id: str) -> Answer:
-        """Answer one checked ``/v1/messages`` request: route it, then try its targets in order. Its
-        record (`RequestRecords`, the dashboard's) follows it to the end of the answer."""
+        """Answer one checked ``/v1/messages`` request with Anthropic bytes: route it, then try its
+        targets in order. A passthrough target's answer is relayed byte for byte. Its record
+        (`RequestRecords`, the dashboard's) follows it to the end of the answer."""
         observer = self.records.open(request_id, body)
         try:
-            return observer.watch(await self._messages(body, raw, headers, request_id))
+            return observer.watch(await self._routed(Incoming(body, raw, _lower(headers)), len(raw), request_id,
+                                                     self._as_bytes))
         except BaseException as exc:
             observer.failed(exc)
             raise
 
-    async def _messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], request_id: str) -> Answer:
-        route = await self.router.route(body, _memo(lambda: self.count_tokens(body, len(raw))))
-        incoming = Incoming(route.body, raw if route.body is body else None,
-                            {name.lower(): value for name, value in headers.items()})
+    async def decoded(self, body: JSONObject, size: int, headers: Mapping[str, str], *, request_id: str,
+                      adapt: Adapter | None = None) -> Decoded:
+        """Answer one Anthropic request (built by an inbound translation from `size` client bytes) with
+        Anthropic values instead of bytes: a message, or a stream of event batches, whatever the
+        target (a passthrough's answer is decoded too). Same routing, fallbacks and upstream
+        ownership as `messages`; `adapt` completes the body for each target before it is prepared."""
+        observer = self.records.open(request_id, body)
+        try:
+            return observer.watch_values(await self._routed(Incoming(body, None, _lower(headers)), size, request_id,
+                                                            self._as_values, adapt))
+        except BaseException as exc:
+            observer.failed(exc)
+            raise
+
+    async def _routed(self, incoming: Incoming, size: int, request_id: str,
+                      finish: Callable[[Exchange], Awaitable[_T]], adapt: Adapter | None = None) -> _T:
+        """Route `incoming`, then try its targets in order: `finish` opens the upstream (`_open`) and
+        makes the answer; a failure the next target might not have (`_falls_back`) moves on to it."""
+        body = incoming.body
+        route = await self.router.route(body, _memo(lambda: self.count_tokens(body, size)))
+        if route.body is not body:
+            incoming = Incoming(route.body, None, incoming.headers)
         targets = route.targets
         for index, target in enumerate(targets):
             answer_headers = {"request-id": request_id, "x-ccproxy-route": route.header(target)}
             observe().routed(route.reason, target.provider, target.model)
             try:
                 check_model_name(target.model)
-                return await self._forward(incoming, target, answer_headers, route.tokens, len(raw))
+                endpoint = self.endpoint(target)
+                sent = incoming
+                if adapt is not None:
+                    adapted = adapt(incoming.body, endpoint, target.model)
+                    sent = incoming if adapted is incoming.body else Incoming(adapted, None, incoming.headers)
+                call = endpoint.prepare(sent.body, model=target.model, client_headers=sent.headers, raw=sent.raw)
+                observe().prepared(call.request.body)
+                return await finish(Exchange(endpoint, call, sent, answer_headers, route.tokens, size))
             except EngineError as exc:
                 exc.headers.setdefault("x-ccproxy-route", answer_headers["x-ccproxy-route"])
                 if index + 1 == len(targets) or not _falls_back(exc):
@@ -155,24 +223,47 @@ class Proxy:
             ids.extend(f"{name}/{model}" for model in provider.models)
         return list(dict.fromkeys(ids))
 
-    async def _forward(self, incoming: Incoming, target: RouteTarget, headers: dict[str, str],
-                       tokens: int | None, size: int) -> Answer:
-        """Send the request to `target` and answer with its reply (or raise its mapped error)."""
-        endpoint = self.endpoint(target)
-        call = endpoint.prepare(incoming.body, model=target.model, client_headers=incoming.headers,
-                                raw=incoming.raw)
-        observe().prepared(call.request.body)
+    async def _as_bytes(self, exchange: Exchange) -> Answer:
+        """The answer an Anthropic client gets: relayed bytes from a passthrough, else translated."""
+        endpoint, call, headers = exchange.endpoint, exchange.call, exchange.headers
         if endpoint.is_passthrough:
-            return await self._pass_through(endpoint, call, headers)
+            response, _ = await self._open(exchange, count=False)
+            media_type = response.headers.get("content-type", "application/json")
+            if not call.stream:
+                content = await _read_and_close(response)
+                return Answer(headers, status=response.status, media_type=media_type, content=content)
+            return Answer({**headers, "cache-control": "no-cache"}, media_type=media_type,
+                          stream=_relay(response), upstream=response)
         if not call.stream:
-            response = await self._send(endpoint, call)
-            raw = await _read_and_close(response)
-            return Answer(headers, content=orjson.dumps(endpoint.message(call, raw)))
-        # unless routing already counted, the input-token estimate for message_start is counted while
-        # the upstream thinks
-        estimate = None if tokens is not None else asyncio.ensure_future(self.count_tokens(incoming.body, size))
+            return Answer(headers, content=orjson.dumps(await self._message(exchange)))
+        response, tokens = await self._open(exchange, count=True)
+        events = _encoded(_event_batches(response, endpoint.events(call, tokens)))
+        return Answer({**headers, "cache-control": "no-cache"}, media_type="text/event-stream", stream=events,
+                      upstream=response)
+
+    async def _as_values(self, exchange: Exchange) -> Decoded:
+        """The answer as Anthropic values, for a client of another API (the inbound layer renders it)."""
+        if not exchange.call.stream:
+            return Decoded(exchange.headers, message=await self._message(exchange))
+        response, tokens = await self._open(exchange, count=True)
+        batches = _event_batches(response, exchange.endpoint.events(exchange.call, tokens))
+        return Decoded(exchange.headers, events=batches, upstream=response)
+
+    async def _message(self, exchange: Exchange) -> JSONObject:
+        """A whole answer, read and translated to the Anthropic message."""
+        response, _ = await self._open(exchange, count=False)
+        return exchange.endpoint.message(exchange.call, await _read_and_close(response))
+
+    async def _open(self, exchange: Exchange, *, count: bool) -> tuple[UpstreamResponse, int]:
+        """Send the call and wait for a 2xx status (else raise its mapped error). With `count`, the
+        input-token estimate a stream's ``message_start`` needs is counted while the upstream thinks
+        (unless routing already counted); it comes back with the response (0 without `count`)."""
+        tokens = exchange.tokens
+        estimate = None
+        if count and tokens is None:
+            estimate = asyncio.ensure_future(self.count_tokens(exchange.incoming.body, exchange.size))
         try:
-            response = await self._send(endpoint, call)
+            response = await self._send(exchange.endpoint, exchange.call)
         except BaseException:
             if estimate is not None:
                 estimate.cancel()
@@ -183,19 +274,7 @@ class Proxy:
             except BaseException:
                 await response.aclose()
                 raise
-        events = _translate_stream(response, endpoint.events(call, tokens or 0))
-        return Answer({**headers, "cache-control": "no-cache"}, media_type="text/event-stream", stream=events,
-                      upstream=response)
-
-    async def _pass_through(self, endpoint: Endpoint, call: UpstreamCall, headers: dict[str, str]) -> Answer:
-        """An Anthropic-speaking upstream: its answer goes to the client byte for byte."""
-        response = await self._send(endpoint, call)
-        media_type = response.headers.get("content-type", "application/json")
-        if not call.stream:
-            content = await _read_and_close(response)
-            return Answer(headers, status=response.status, media_type=media_type, content=content)
-        return Answer({**headers, "cache-control": "no-cache"}, media_type=media_type, stream=_relay(response),
-                      upstream=response)
+        return response, tokens or 0
 
     async def _send(self, endpoint: Endpoint, call: UpstreamCall) -> UpstreamResponse:
         """Send and wait for the status: a non-2xx answer is read, closed and raised as its mapped error."""
@@ -213,6 +292,10 @@ def check_model_name(model: str) -> None:
         raise RequestError("model: control characters are not allowed in a model name")
     if any(segment in {".", ".."} for segment in model.split("/")):
         raise RequestError(f"model: '{model}' is not a valid model name ('.' and '..' segments are not allowed)")
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def _falls_back(exc: EngineError) -> bool:
@@ -256,23 +339,33 @@ async def _relay(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         await response.aclose()
 
 
-async def _translate_stream(response: UpstreamResponse,
-                            translator: StreamTranslator) -> AsyncGenerator[bytes, None]:
-    """Upstream SSE bytes → Anthropic SSE bytes. Closes the upstream however the stream ends
-    (finished, failed, or the client went away)."""
+async def _event_batches(response: UpstreamResponse,
+                         translator: StreamTranslator) -> AsyncGenerator[list[SSEEvent], None]:
+    """Upstream SSE bytes → batches of Anthropic events (a ``ping`` during upstream silence). Closes the
+    upstream however the stream ends (finished, failed, or the client went away); a failure ends it
+    with the translator's ``error`` event."""
     try:
-        yield encode_events(translator.start())
+        yield translator.start()
         async for chunk in _with_keepalive(response.aiter_bytes()):
             events = translator.ping() if chunk is None else translator.feed_bytes(chunk)
             if events:
-                yield encode_events(events)
+                yield events
             if translator.is_done:
                 return
-        yield encode_events(translator.finish())
+        yield translator.finish()
     except Exception as exc:  # an upstream failure mid-stream (cut, timeout) or our own bug
-        yield encode_events(translator.fail(exc))
+        yield translator.fail(exc)
     finally:
         await response.aclose()
+
+
+async def _encoded(batches: AsyncGenerator[list[SSEEvent], None]) -> AsyncGenerator[bytes, None]:
+    """Event batches as Anthropic SSE bytes, one write per batch."""
+    try:
+        async for events in batches:
+            yield encode_events(events)
+    finally:
+        await batches.aclose()
 
 
 async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:

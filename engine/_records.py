@@ -99,6 +99,16 @@ class _Answer(Protocol):
 _A = TypeVar("_A", bound=_Answer)
 
 
+class _Decoded(Protocol):
+    """What `Observer.watch_values` needs of `_proxy.Decoded`."""
+
+    message: dict[str, Any] | None
+    events: AsyncGenerator[list[tuple[str, dict[str, Any]]], None] | None
+
+
+_D = TypeVar("_D", bound=_Decoded)
+
+
 @dataclass(slots=True)
 class _Minute:
     """One provider's requests that ended in one minute."""
@@ -304,6 +314,31 @@ class Observer:
         self._whole(answer.content, answer.status)
         return answer
 
+    def watch_values(self, decoded: _D) -> _D:
+        """`watch` for an answer handed over as Anthropic values (`Proxy.decoded`, for clients of
+        another API): the message now, or the event batches as they are rendered."""
+        if decoded.events is not None:
+            decoded.events = self._follow_values(decoded.events)
+        elif decoded.message is not None:
+            if isinstance(decoded.message.get("usage"), dict):
+                self.usage(decoded.message["usage"])
+            self.finished()
+        return decoded
+
+    async def _follow_values(self, batches: AsyncGenerator[list[tuple[str, dict[str, Any]]], None],
+                             ) -> AsyncGenerator[list[tuple[str, dict[str, Any]]], None]:
+        try:
+            async for batch in batches:
+                for name, payload in batch:
+                    self._payload(name, payload)
+                yield batch
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        finally:
+            await batches.aclose()
+            self.finished()
+
     def _whole(self, content: bytes, status: int) -> None:
         try:
             message = orjson.loads(content)
@@ -335,19 +370,31 @@ class Observer:
             self.finished()
 
     def _event(self, name: str | None, data: str) -> None:
-        """One Anthropic event on its way to the client."""
+        """One Anthropic event on its way to the client, as SSE."""
         if name in {"content_block_delta", "content_block_start"}:
             self.first_token()
-        elif name in ("message_start", "message_delta", "error"):
+        elif name == "message_stop":
+            self.finished()
+        elif name in {"message_start", "message_delta", "error"}:
             try:
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return
-            if name == "error":
-                error = payload.get("error") or {}
-                self.failed(error_type=str(error.get("type") or "api_error"), message=str(error.get("message")),
-                            status=200)
-                return
+            if isinstance(payload, dict):
+                self._payload(name, payload)
+
+    def _payload(self, name: str | None, payload: Mapping[str, Any]) -> None:
+        """One Anthropic event, decoded. ``message_stop`` ends the record: a reader that stops there and
+        closes the stream has not cut it."""
+        if name in {"content_block_delta", "content_block_start"}:
+            self.first_token()
+        elif name == "message_stop":
+            self.finished()
+        elif name == "error":
+            error = payload.get("error") or {}
+            self.failed(error_type=str(error.get("type") or "api_error"), message=str(error.get("message")),
+                        status=200)
+        elif name in {"message_start", "message_delta"}:
             usage = (payload.get("message") or {}).get("usage") if name == "message_start" else payload.get("usage")
             if isinstance(usage, dict):
                 self.usage(usage)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from ._types import (
     ErrorDelta,
     FinishDelta,
     JSONObject,
+    RedactedThinkingDelta,
     SSEEvent,
     TextDelta,
     ThinkingDelta,
@@ -29,12 +30,13 @@ from ._types import (
     UsageDelta,
 )
 
-__all__ = ["MessageBuilder", "StreamMachine", "new_message_id", "new_tool_use_id", "repair_json"]
+__all__ = ["MessageBuilder", "StopScanner", "StreamMachine", "emulated_stop_sequences", "new_message_id",
+           "new_tool_use_id", "repair_json", "stop_scanner"]
 
 logger = logging.getLogger("ccproxy_engine.stream")
 
 
-_TEXT, _THINKING, _TOOL = "text", "thinking", "tool_use"
+_TEXT, _THINKING, _TOOL, _REDACTED = "text", "thinking", "tool_use", "redacted_thinking"
 
 #: Anthropic error type → HTTP status, for an error reported inside a 200 answer.
 _ERROR_STATUSES: dict[str, int] = {error_type: status for status, error_type in STATUS_ERROR_TYPES.items()}
@@ -153,6 +155,86 @@ def _drop_unnamed(provider: str, calls: list[_ToolCall]) -> None:
                            provider, call.id, "".join(call.args))
 
 
+class StopScanner:
+    """Finds the client's `stop_sequences` in answer text the upstream streams (protocols.md 5.5).
+
+    OpenAI and Gemini stop before a stop string and never say which one matched, so the proxy owns
+    them: text goes through `feed`, which returns what may be sent now and holds back the longest
+    tail that could still become a match. The first sequence to complete wins (the one whose last
+    character comes earliest; at the same end, the one that starts earlier), however the text was
+    split into deltas. Text of one block only: `flush` releases the held tail at a block boundary
+    or a normal finish, so a match never spans a thinking block or a tool call.
+    """
+
+    __slots__ = ("_firsts", "_held", "_longest", "_prefixes", "_sequences", "matched")
+
+    def __init__(self, sequences: Sequence[str]) -> None:
+        self._sequences = tuple(dict.fromkeys(s for s in sequences if s))
+        self._longest = max(map(len, self._sequences), default=0)
+        self._prefixes = frozenset(s[:size] for s in self._sequences for size in range(1, len(s)))
+        """Every proper prefix: what a held-back tail may be."""
+        self._firsts = frozenset(s[0] for s in self._sequences if len(s) > 1)
+        self._held = ""
+        self.matched: str | None = None
+        """The sequence that matched; once set, `feed` returns nothing more."""
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        """The distinct non-empty sequences scanned for."""
+        return self._sequences
+
+    def feed(self, text: str) -> str:
+        """The part of `held + text` that can be sent: up to a match, or all but a possible prefix."""
+        if self.matched is not None:
+            return ""
+        buffer = self._held + text
+        best: tuple[int, int, str] | None = None
+        for sequence in self._sequences:
+            start = buffer.find(sequence)
+            if start >= 0:
+                candidate = (start + len(sequence), start, sequence)
+                if best is None or candidate < best:
+                    best = candidate
+        if best is not None:
+            self._held, self.matched = "", best[2]
+            return buffer[:best[1]]
+        keep = self._prefix_length(buffer)
+        self._held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[:len(buffer) - keep]
+
+    def flush(self) -> str:
+        """The held-back tail, which can no longer complete a match (the text block ended)."""
+        held, self._held = self._held, ""
+        return held
+
+    def _prefix_length(self, buffer: str) -> int:
+        """The length of the longest tail of `buffer` that is a proper prefix of some sequence. Only a
+        tail that starts with a sequence's first character can be one, and `str.find` finds those."""
+        start = max(0, len(buffer) - self._longest + 1)
+        best = 0
+        for first in self._firsts:
+            at = buffer.find(first, start)
+            while at >= 0 and len(buffer) - at > best:
+                if buffer[at:] in self._prefixes:
+                    best = len(buffer) - at
+                    break
+                at = buffer.find(first, at + 1)
+        return best
+
+
+def emulated_stop_sequences(body: Mapping[str, Any], emulate: bool) -> tuple[str, ...]:
+    """The request's distinct non-empty ``stop_sequences`` when the provider's rules emulate them, else ()."""
+    sequences = body.get("stop_sequences") if emulate else None
+    if not isinstance(sequences, list):
+        return ()
+    return tuple(dict.fromkeys(s for s in sequences if isinstance(s, str) and s))
+
+
+def stop_scanner(sequences: Sequence[str]) -> StopScanner | None:
+    """A fresh scanner for one answer (it keeps state), or None when there is nothing to scan for."""
+    return StopScanner(sequences) if sequences else None
+
+
 class StreamMachine:
     """Turns normalized deltas into a well-formed Anthropic event stream (protocols.md 5.1/5.2).
 
@@ -170,17 +252,23 @@ class StreamMachine:
     Tool arguments stream live; a fragment for a call whose block is already closed cannot be sent
     and is logged instead (5.2 option 2). The machine never invents an ``end_turn``: an upstream
     that stops without a finish reason gets an ``api_error`` event.
+
+    With a `StopScanner` (`stop`), answer text is scanned for the client's stop sequences: text is
+    sent up to the match, every later content delta is dropped (usage still counts), and
+    `is_stopped` tells the caller to `finish()` (``stop_reason: stop_sequence``) and close the upstream.
     """
 
     __slots__ = (
         "_done", "_finish", "_index", "_input_tokens", "_message_id", "_model", "_next_index", "_open_call",
-        "_open_kind", "_provider", "_saw_tool_use", "_sign", "_signature", "_started", "_tool_names",
+        "_open_kind", "_provider", "_saw_tool_use", "_sign", "_signature", "_started", "_stop", "_tool_names",
         "_tools", "_usage",
     )
 
     def __init__(self, *, provider: str, message_id: str, model: str,
                  tool_names: Mapping[str, str] | None = None,
-                 sign: Callable[[str | None], str] | None = None, input_tokens: int = 0) -> None:
+                 sign: Callable[[str | None], str] | None = None, input_tokens: int = 0,
+                 stop: StopScanner | None = None) -> None:
+        self._stop = stop
         self._provider = provider
         self._message_id = message_id
         self._model = model
@@ -211,6 +299,11 @@ class StreamMachine:
         """``message_stop`` or ``error`` was produced; every later call returns nothing."""
         return self._done
 
+    @property
+    def is_stopped(self) -> bool:
+        """A stop sequence matched: the answer is complete, `finish()` ends it (and the upstream can go)."""
+        return self._stop is not None and self._stop.matched is not None
+
     def start(self) -> list[SSEEvent]:
         """``message_start`` (input tokens: the local estimate until upstream reports), then ``ping``."""
         if self._started or self._done:
@@ -230,15 +323,22 @@ class StreamMachine:
         if self._done:
             return []
         out: list[SSEEvent] = [] if self._started else self.start()
+        stop = self._stop
+        if stop is not None and stop.matched is not None and not isinstance(delta, UsageDelta):
+            return out  # the answer ended at the stop sequence; what the upstream adds is not part of it
         if isinstance(delta, TextDelta):
             self._text(delta.text, out)
         elif isinstance(delta, ToolCallDelta):
+            self._flush_text(out)
             self._tool(delta, out)
         elif isinstance(delta, ThinkingDelta):
             self._thinking(delta, out)
+        elif isinstance(delta, RedactedThinkingDelta):
+            self._redacted(delta, out)
         elif isinstance(delta, UsageDelta):
             self._usage.merge(delta)
         elif isinstance(delta, FinishDelta):
+            self._flush_text(out)
             self._finish = delta
         elif isinstance(delta, ErrorDelta):
             out += self.fail(delta.error_type, delta.message)
@@ -250,12 +350,16 @@ class StreamMachine:
         """Upstream EOF or ``[DONE]``: close the message, or report a stream cut short."""
         if self._done:
             return []
+        if self.is_stopped:
+            assert self._stop is not None and self._stop.matched is not None
+            self._finish = FinishDelta("stop_sequence", "stop_sequence", self._stop.matched)
         if self._finish is None:
             what = "ended prematurely" if self._next_index else "ended without a response"
             return self.fail("api_error", f"[{self._provider}] upstream stream {what}")
         if self._finish.stop_reason is None and not self._next_index:
             return self.fail("api_error", f"[{self._provider}] {_unknown_finish(self._finish)}")
         out: list[SSEEvent] = [] if self._started else self.start()
+        self._flush_text(out)
         self._close(out)
         _drop_unnamed(self._provider, self._tools.calls)
         usage = self._usage
@@ -289,6 +393,14 @@ class StreamMachine:
         return [("ping", {"type": "ping"})]
 
     def _text(self, text: str, out: list[SSEEvent]) -> None:
+        self._send_text(self._stop.feed(text) if self._stop is not None else text, out)
+
+    def _flush_text(self, out: list[SSEEvent]) -> None:
+        """A block boundary or the finish: text held back for a possible stop sequence goes out."""
+        if self._stop is not None:
+            self._send_text(self._stop.flush(), out)
+
+    def _send_text(self, text: str, out: list[SSEEvent]) -> None:
         if not text:
             return
         if self._open_kind is not _TEXT:
@@ -299,6 +411,7 @@ class StreamMachine:
     def _thinking(self, delta: ThinkingDelta, out: list[SSEEvent]) -> None:
         if not delta.thinking and not delta.signature:
             return
+        self._flush_text(out)
         if self._open_kind is not _THINKING:
             self._open(out, _THINKING, {"type": "thinking", "thinking": "", "signature": ""})
         if delta.thinking:
@@ -307,6 +420,15 @@ class StreamMachine:
                                                           "thinking": delta.thinking}}))
         if delta.signature:
             self._signature = delta.signature
+
+    def _redacted(self, delta: RedactedThinkingDelta, out: list[SSEEvent]) -> None:
+        """A ``redacted_thinking`` block arrives whole in its start event (protocols.md 1.8) and stops at once."""
+        if not delta.data:
+            return
+        self._flush_text(out)
+        data = self._sign(delta.data) if self._sign is not None else delta.data
+        self._open(out, _REDACTED, {"type": "redacted_thinking", "data": data})
+        self._close(out)
 
     def _tool(self, delta: ToolCallDelta, out: list[SSEEvent]) -> None:
         call = self._tools.route(delta)
@@ -398,14 +520,19 @@ class MessageBuilder:
     kind starts a new one), so `build()` equals what an SDK accumulates from the machine's events.
     Unlike the stream, tool arguments are checked before anything is sent: truncated JSON is
     repaired, and arguments that cannot be read fail the request.
+
+    A `StopScanner` (`stop`) cuts the text at the client's first stop sequence, as the stream does:
+    the message ends there (``stop_reason: stop_sequence``), later content is dropped, usage counts.
     """
 
     __slots__ = ("_blocks", "_finish", "_input_tokens", "_message_id", "_model", "_provider", "_sign",
-                 "_tool_names", "_tools", "_usage")
+                 "_stop", "_tool_names", "_tools", "_usage")
 
     def __init__(self, *, provider: str, message_id: str, model: str,
                  tool_names: Mapping[str, str] | None = None,
-                 sign: Callable[[str | None], str] | None = None, input_tokens: int = 0) -> None:
+                 sign: Callable[[str | None], str] | None = None, input_tokens: int = 0,
+                 stop: StopScanner | None = None) -> None:
+        self._stop = stop
         self._provider = provider
         self._message_id = message_id
         self._model = model
@@ -419,13 +546,21 @@ class MessageBuilder:
 
     def feed(self, delta: Delta) -> None:
         """Add one delta; an `ErrorDelta` raises `UpstreamStatusError` at once."""
+        stop = self._stop
+        if stop is not None and stop.matched is not None and not isinstance(delta, UsageDelta | ErrorDelta):
+            return  # the answer ended at the stop sequence
         if isinstance(delta, TextDelta):
-            if delta.text:
-                self._current(_TEXT).parts.append(delta.text)
+            self._add_text(stop.feed(delta.text) if stop is not None else delta.text)
         elif isinstance(delta, ToolCallDelta):
+            self._flush_text()
             self._tool(delta)
+        elif isinstance(delta, RedactedThinkingDelta):
+            if delta.data:
+                self._flush_text()
+                self._blocks.append(_Block(_REDACTED, signature=delta.data))
         elif isinstance(delta, ThinkingDelta):
             if delta.thinking or delta.signature:
+                self._flush_text()
                 block = self._current(_THINKING)
                 if delta.thinking:
                     block.parts.append(delta.thinking)
@@ -434,6 +569,7 @@ class MessageBuilder:
         elif isinstance(delta, UsageDelta):
             self._usage.merge(delta)
         elif isinstance(delta, FinishDelta):
+            self._flush_text()
             self._finish = delta
         elif isinstance(delta, ErrorDelta):
             status = _ERROR_STATUSES.get(delta.error_type, 500)
@@ -444,6 +580,11 @@ class MessageBuilder:
 
     def build(self) -> JSONObject:
         """The Anthropic message; raises `UpstreamProtocolError` for an empty or unreadable answer."""
+        stop = self._stop
+        if stop is not None and stop.matched is not None:
+            self._finish = FinishDelta("stop_sequence", "stop_sequence", stop.matched)
+        else:
+            self._flush_text()
         finish = self._finish
         if finish is None:
             if not self._blocks:
@@ -469,6 +610,15 @@ class MessageBuilder:
             },
         }
 
+    def _add_text(self, text: str) -> None:
+        if text:
+            self._current(_TEXT).parts.append(text)
+
+    def _flush_text(self) -> None:
+        """A block boundary or the finish: text held back for a possible stop sequence joins the answer."""
+        if self._stop is not None:
+            self._add_text(self._stop.flush())
+
     def _current(self, kind: str) -> _Block:
         """The last block if it has this kind, else a new one (the stream's `ensure`)."""
         blocks = self._blocks
@@ -492,6 +642,9 @@ class MessageBuilder:
         if block.kind is _THINKING:
             signature = self._sign(block.signature) if self._sign is not None else block.signature or ""
             return {"type": "thinking", "thinking": "".join(block.parts), "signature": signature}
+        if block.kind is _REDACTED:
+            data = block.signature or ""
+            return {"type": "redacted_thinking", "data": self._sign(data) if self._sign is not None else data}
         call = block.call
         assert call is not None and call.name is not None  # a tool block exists only once named
         if call.id is None:

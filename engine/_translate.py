@@ -77,6 +77,8 @@ class StreamTranslator:
                 events += self._machine.feed(delta)
         except EngineError as exc:
             events += self.fail(exc)
+        if self._machine.is_stopped:  # a stop sequence matched: the message ends, and the upstream can go
+            events += self._machine.finish()
         return events
 
     def finish(self) -> list[SSEEvent]:

@@ -55,6 +55,14 @@ class ThinkingDelta:
 
 
 @dataclass(slots=True)
+class RedactedThinkingDelta:
+    """Reasoning the upstream returned encrypted (OpenRouter's ``reasoning.encrypted``): opaque data
+    that becomes one whole ``redacted_thinking`` block, its data wrapped in the engine's envelope."""
+
+    data: str
+
+
+@dataclass(slots=True)
 class ToolCallDelta:
     """A fragment of one tool call.
 
@@ -105,4 +113,5 @@ class ErrorDelta:
     message: str
 
 
-Delta: TypeAlias = TextDelta | ThinkingDelta | ToolCallDelta | FinishDelta | UsageDelta | ErrorDelta
+Delta: TypeAlias = (TextDelta | ThinkingDelta | RedactedThinkingDelta | ToolCallDelta | FinishDelta | UsageDelta
+                   | ErrorDelta)

@@ -1,5 +1,12 @@
 """The upstream HTTP client: one connection pool per provider, explicit time limits, and the only
-place where httpx (and its aiohttp transport) errors are caught and turned into ours.
+place where aiohttp (and httpx) errors are caught and turned into ours.
+
+Requests go out on aiohttp directly: one ``ClientSession`` per provider. httpx on top of aiohttp
+(``httpx-aiohttp``) cost 3-4x aiohttp's own CPU per call (docs/performance.md, bench/upstream_transport.py),
+mostly in httpx's per-request models, URL parsing and cookie handling, which a proxy does not use.
+A caller that passes an httpx ``transport`` (tests use ``httpx.MockTransport``) gets an
+``httpx.AsyncClient`` over it instead; both paths answer with the same `UpstreamResponse` and map
+failures to the same errors.
 
 Usage, from the app's lifespan and handlers::
 
@@ -43,11 +50,10 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import cast
+from typing import Protocol, cast
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from ._config import Timeouts
 from ._errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
@@ -96,10 +102,11 @@ class UpstreamClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._names = list(providers)
         self._transport = transport
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, httpx.AsyncClient | aiohttp.ClientSession] = {}
         self._is_open = False
         self._ssl_context: ssl.SSLContext | None = None
         self._httpx_timeouts: dict[Timeouts, httpx.Timeout] = {}
+        self._aiohttp_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     async def open(self) -> None:
         """Create the pools. Connections themselves open lazily, on first use."""
@@ -112,7 +119,8 @@ class UpstreamClient:
     async def aclose(self) -> None:
         """Close every pool (and with it every connection)."""
         clients, self._clients, self._is_open = self._clients, {}, False
-        await asyncio.gather(*(client.aclose() for client in clients.values()), return_exceptions=True)
+        await asyncio.gather(*(client.close() if isinstance(client, aiohttp.ClientSession) else client.aclose()
+                               for client in clients.values()), return_exceptions=True)
 
     async def __aenter__(self) -> UpstreamClient:
         await self.open()
@@ -140,11 +148,17 @@ class UpstreamClient:
         if total is not None and total < wait:
             wait, phase = total, "total"
         failure = _Failure(request.provider, request.url, headers, timeouts)
+        response: _Body
         try:
             async with asyncio.timeout(wait):
-                outgoing = client.build_request(request.method, request.url, headers=headers,
-                                                content=request.body, timeout=self._httpx_timeout(timeouts))
-                response = await client.send(outgoing, stream=True)
+                if isinstance(client, aiohttp.ClientSession):
+                    response = _AiohttpBody(await client.request(
+                        request.method, request.url, headers=headers, data=request.body,
+                        timeout=self._aiohttp_timeout(timeouts), allow_redirects=False))
+                else:
+                    outgoing = client.build_request(request.method, request.url, headers=headers,
+                                                    content=request.body, timeout=self._httpx_timeout(timeouts))
+                    response = _HttpxBody(await client.send(outgoing, stream=True))
         except _TRANSPORT_ERRORS as exc:
             raise failure.map(exc, in_body=False) from exc
         except TimeoutError as exc:
@@ -153,7 +167,7 @@ class UpstreamClient:
         needs_timer = deadline is not None or timeouts.idle < timeouts.first_byte
         return UpstreamResponse(response, failure, deadline, needs_timer)
 
-    def _client(self, provider: str) -> httpx.AsyncClient:
+    def _client(self, provider: str) -> httpx.AsyncClient | aiohttp.ClientSession:
         client = self._clients.get(provider)
         if client is None:
             if not self._is_open:
@@ -161,16 +175,31 @@ class UpstreamClient:
             client = self._clients[provider] = self._new_client()
         return client
 
-    def _new_client(self) -> httpx.AsyncClient:
-        transport = self._transport
-        if transport is None:
-            if self._ssl_context is None:  # loading the CA store takes milliseconds: once for all pools
-                self._ssl_context = httpx.create_ssl_context()
-            transport = AiohttpTransport(verify=self._ssl_context, limits=POOL_LIMITS)
+    def _new_client(self) -> httpx.AsyncClient | aiohttp.ClientSession:
         # every provider body is JSON; a rule may still set its own content-type
         default_headers = {"user-agent": USER_AGENT, "content-type": "application/json"}
-        return httpx.AsyncClient(transport=transport, headers=default_headers,
-                                 timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
+        if self._transport is not None:
+            return httpx.AsyncClient(transport=self._transport, headers=default_headers,
+                                     timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
+        if self._ssl_context is None:  # loading the CA store takes milliseconds: once for all pools
+            self._ssl_context = httpx.create_ssl_context()
+        connector = aiohttp.TCPConnector(limit=POOL_LIMITS.max_connections or 0,
+                                         keepalive_timeout=POOL_LIMITS.keepalive_expiry or 0,
+                                         ssl=self._ssl_context)
+        # No trust_env: as under httpx with an explicit transport, proxy variables do not apply, and
+        # aiohttp would look up ~/.netrc in a worker thread on every request.
+        return aiohttp.ClientSession(connector=connector, headers=default_headers, trust_env=False,
+                                     timeout=self._aiohttp_timeout(DEFAULT_TIMEOUTS),
+                                     cookie_jar=aiohttp.DummyCookieJar())  # a proxy keeps no upstream cookies
+
+    def _aiohttp_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        """The same limits as `_httpx_timeout`, in aiohttp's terms (its `connect` covers the pool wait)."""
+        cached = self._aiohttp_timeouts.get(timeouts)
+        if cached is None:
+            cached = self._aiohttp_timeouts[timeouts] = aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
+                sock_read=max(timeouts.idle, timeouts.first_byte))
+        return cached
 
     def _httpx_timeout(self, timeouts: Timeouts) -> httpx.Timeout:
         cached = self._httpx_timeouts.get(timeouts)
@@ -195,13 +224,13 @@ class UpstreamResponse:
 
     __slots__ = ("_deadline", "_failure", "_needs_timer", "_response", "headers", "status")
 
-    def __init__(self, response: httpx.Response, failure: _Failure, deadline: float | None,
+    def __init__(self, response: _Body, failure: _Failure, deadline: float | None,
                  needs_timer: bool) -> None:
         self._response = response
         self._failure = failure
         self._deadline = deadline
         self._needs_timer = needs_timer
-        self.status: int = response.status_code
+        self.status: int = response.status
         self.headers: Mapping[str, str] = response.headers
 
     @property
@@ -217,7 +246,7 @@ class UpstreamResponse:
 
         Raises `UpstreamTimeoutError` (idle or total) and `UpstreamConnectError` (stream cut).
         """
-        chunks = cast(AsyncGenerator[bytes, None], self._response.aiter_bytes())
+        chunks = self._response.chunks()
         is_complete = False
         try:
             if self._needs_timer:
@@ -245,7 +274,7 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         """Close the response; an unfinished body closes its connection, which stops the upstream."""
         with contextlib.suppress(*_TRANSPORT_ERRORS):  # closing a broken connection may fail; nothing to free
-            await self._response.aclose()
+            await self._response.close()
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -259,6 +288,68 @@ class UpstreamResponse:
         if self._deadline is None:
             return idle
         return min(idle, self._deadline - asyncio.get_running_loop().time())
+
+
+class _Body(Protocol):
+    """What `UpstreamResponse` needs of a response, from aiohttp or from httpx."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def chunks(self) -> AsyncGenerator[bytes, None]: ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpBody:
+    """An aiohttp response: its body as it arrives, decoded per Content-Encoding."""
+
+    __slots__ = ("_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    @property
+    def is_closed(self) -> bool:
+        return self._response.closed
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+    async def close(self) -> None:
+        """A fully read body frees its connection for reuse; anything else closes it (which stops the
+        upstream's generation)."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class _HttpxBody:
+    """An httpx response (the path taken when a transport was given)."""
+
+    __slots__ = ("_response", "headers", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    @property
+    def is_closed(self) -> bool:
+        return self._response.is_closed
+
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        return cast(AsyncGenerator[bytes, None], self._response.aiter_bytes())
+
+    async def close(self) -> None:
+        await self._response.aclose()
 
 
 class _Failure:
@@ -324,8 +415,9 @@ class _Failure:
 
 
 def _classify(exc: BaseException) -> str:
-    """The failure kind. httpx-aiohttp maps aiohttp errors coarsely (a refused connection arrives as
-    ``ConnectTimeout``), so the aiohttp cause decides whenever there is one."""
+    """The failure kind. aiohttp's own errors arrive directly; through httpx-aiohttp (a transport a
+    caller may pass) they are mapped coarsely (a refused connection arrives as ``ConnectTimeout``),
+    so the aiohttp cause decides whenever there is one."""
     cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
     if isinstance(cause, aiohttp.ClientError):
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
@@ -336,6 +428,8 @@ def _classify(exc: BaseException) -> str:
             return "connect"
         if isinstance(cause, aiohttp.ClientResponseError):
             return "protocol"
+        if isinstance(cause, aiohttp.ClientPayloadError) and "content-encoding" in str(cause):
+            return "decode"
         if isinstance(cause, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
             return "cut"
         return "connect"

@@ -205,6 +205,17 @@ def test_new_id_uses_every_base62_character() -> None:
     assert len(chars) == 62
 
 
+def test_new_id_from_many_threads_never_repeats_across_batch_refills() -> None:
+    """Ids come from batches of one OS call each; threads drawing at once must not share one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        batches = list(pool.map(lambda _: [new_id("msg_") for _ in range(500)], range(16)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 8000  # 8000 ids span ~50 batch refills
+    assert all(BASE62.fullmatch(i[len("msg_"):]) and len(i) == len("msg_") + ID_LENGTH for i in ids)
+
+
 def test_deterministic_ids_count_and_restore() -> None:
     with deterministic_ids():
         assert new_id("toolu_") == "toolu_000000000000000000000001"

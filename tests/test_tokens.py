@@ -353,3 +353,32 @@ def test_a_request_encodes_a_bounded_amount_of_new_text(monkeypatch: pytest.Monk
     body = {"messages": [{"role": "user", "content": first}, {"role": "user", "content": second}]}
     expected = counter.count_text(first) + math.ceil(len(second) / _tokens.ESTIMATE_CHARS_PER_TOKEN)
     assert counter.count_request(body) == REQUEST_TOKENS + 2 * MESSAGE_TOKENS + expected
+
+
+# -- inline counting -------------------------------------------------------------------------------
+
+
+def test_inline_count_waits_for_the_tokenizer_to_load() -> None:
+    assert TokenCounter().count_request_inline(body_of(user("hi"))) is None
+
+
+def test_inline_count_matches_the_full_count_within_its_budget() -> None:
+    inline, full = TokenCounter(), TokenCounter()
+    inline.warm_up()
+    for path in sorted(READ_WRITE.glob("*.json")):
+        body = fixture_body(path)
+        assert inline.count_request_inline(body, budget=10**9) == full.count_request(body)
+    small = body_of(user("a short new turn"))
+    assert inline.count_request_inline(small) == full.count_request(small)
+
+
+def test_inline_count_over_budget_is_none_and_the_threaded_count_reuses_its_work() -> None:
+    counter, reference = TokenCounter(), TokenCounter()
+    counter.warm_up()
+    body = body_of(user("first piece " * 10), {"role": "assistant", "content": "second piece " * 400})
+    assert counter.count_request_inline(body, budget=500) is None
+    encoded_so_far = counter.cache_info().misses
+    assert counter.count_request(body) == reference.count_request(body)
+    assert counter.cache_info().misses == encoded_so_far + 1  # only the piece past the budget
+    # the next turn resends all of it: everything is cached, so it counts inline at any budget
+    assert counter.count_request_inline(body, budget=0) == reference.count_request(body)

@@ -281,6 +281,11 @@ class ScriptedUpstream:
         await send({"type": "http.response.body", "body": b"data: partial\n\n", "more_body": True})
         raise ConnectionAbortedError("the scripted upstream drops the connection here")
 
+    async def gzipped(self, probe: Probe, receive: Receive, send: Send, broken: float = 0) -> None:
+        body = b"not gzip at all" if broken else gzip.compress(b'{"ok":true}')
+        await self.start(send, 200, [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")])
+        await send({"type": "http.response.body", "body": body})
+
     async def slow_stream(self, probe: Probe, receive: Receive, send: Send) -> None:
         await self.start(send)
         for _ in range(600):
@@ -334,6 +339,16 @@ async def test_error_status_body_and_headers_are_readable(server: tuple[Probe, s
     async with await client.send(request(f"{base_url}/error", stream=False)) as response:
         assert (response.status, response.headers["retry-after"]) == (429, "7")
         assert await response.read() == b'{"error":{"message":"slow down"}}'
+
+
+async def test_gzip_bodies_are_decoded_and_broken_ones_are_protocol_errors(
+        server: tuple[Probe, str], client: UpstreamClient) -> None:
+    _, base_url = server
+    async with await client.send(request(f"{base_url}/gzipped", stream=False)) as response:
+        assert await response.read() == b'{"ok":true}'
+    async with await client.send(request(f"{base_url}/gzipped?broken=1", stream=False)) as response:
+        with pytest.raises(UpstreamProtocolError, match="undecodable body"):
+            await response.read()
 
 
 async def test_refused_connection_is_a_connect_error(client: UpstreamClient) -> None:

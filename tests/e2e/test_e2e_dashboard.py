@@ -20,6 +20,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 from e2e.support import serve_proxy
 from fakes import FakeOpenAI, serve_app
@@ -178,6 +179,21 @@ def test_cost_comes_from_the_price_in_the_rules(page: Any, proxy_url: str, clien
     assert cells[10] == f"${2 * 0.27 + 1 * 1.10:.3f}"
     models = page.locator("#models tbody tr", has_text="deepseek/deepseek-chat")
     assert models.locator("td").all_text_contents()[-1] == f"${2 * 0.27 + 1 * 1.10:.3f}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_openai_clients_requests_are_recorded_too(proxy_url: str, fake: tuple[FakeOpenAI, str], stream: bool) -> None:
+    fake[0].queue(Text("via chat completions", usage=Usage(prompt=321, completion=12)))
+    with openai.OpenAI(base_url=f"{proxy_url}/v1", api_key=SERVER_KEY, max_retries=0, timeout=20) as sdk:
+        answer = sdk.chat.completions.create(model="claude-sonnet-4-5", stream=stream,
+                                             messages=[{"role": "user", "content": "hi"}])
+        if stream:
+            for _ in answer:  # type: ignore[union-attr]
+                pass
+    found = httpx.get(f"{proxy_url}/ui/api/requests?limit=1", headers={"x-api-key": SERVER_KEY}, timeout=10).json()
+    record = found["requests"][0]
+    assert (record["state"], record["provider"], record["model"]) == ("ok", "openai", "gpt-4.1"), record
+    assert record["usage"]["output_tokens"] == 12 and record["stream"] is stream
 
 
 def test_failed_upstream_shows_its_error_as_text(page: Any, proxy_url: str, client: anthropic.Anthropic,

@@ -257,7 +257,8 @@ def test_rich_conversation_is_a_valid_openai_request(client: anthropic.Anthropic
     assert [c["id"] for c in sent["messages"][2]["tool_calls"]] == ["toolu_a", "toolu_b"]
     assert sent["messages"][3] == {"role": "tool", "tool_call_id": "toolu_a", "content": "-3 C"}
     assert sent["messages"][4]["content"] == "Error: station offline"
-    assert (sent["temperature"], sent["stop"], sent["tool_choice"]) == (0.2, ["END"], "auto")
+    assert (sent["temperature"], sent["tool_choice"]) == (0.2, "auto")
+    assert "stop" not in sent, "stop sequences stay with the engine (emulate_stop_sequences)"
 
 
 def test_concurrent_streams_do_not_mix(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:

@@ -63,6 +63,7 @@ def keyed_proxy(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     ("POST", "/v1/messages/count_tokens", {"model": MODEL, "messages": user("Hi")}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/openai/gpt-4.1", None),
+    ("POST", "/v1/chat/completions", {"model": MODEL, "messages": user("Hi")}),
     ("GET", "/ui/api/requests", None),
     ("GET", "/ui/api/summary", None),
 ])
@@ -73,7 +74,10 @@ def test_every_endpoint_requires_the_key(keyed_proxy: str, fake: FakeOpenAI, met
                                          body: Any, headers: dict[str, str]) -> None:
     response = httpx.request(method, keyed_proxy + path, json=body, headers=headers, timeout=10)
     assert response.status_code == 401
-    assert error_of(response)["type"] == "authentication_error"
+    if path.startswith(("/v1/chat/", "/v1/models")):  # OpenAI's API (models: no anthropic-version sent)
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    else:
+        assert error_of(response)["type"] == "authentication_error"
     assert response.headers["request-id"]
     assert fake.requests == []
 

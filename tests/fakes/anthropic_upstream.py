@@ -6,6 +6,12 @@ tests compare them with what the client received), `AnthropicError` answers an e
 
     fake = FakeAnthropic(AnthropicStream.text("Hello", chunks=["He", "llo"]))
     with serve_app(fake) as url: ...   # provider base_url = url
+
+Like the real API it refuses (400, before any scripted reply is used) reasoning it did not sign:
+a thinking block whose signature is missing or an engine envelope (``ccpx1.``), a redacted_thinking
+block whose data is one, and, with manual thinking (``enabled``; adaptive thinking may skip it, and
+Claude Code's tool loops come back without it), a tool loop whose assistant turn does not start with
+a thinking block (`request_problems`; the wording is the API's).
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from .asgi import read_body, start_response
 from .server import Receive, Scope, Send
 
 MESSAGES_PATH = "/v1/messages"
+ENGINE_ENVELOPE = "ccpx1."
+THINKING_REQUIRED = (
+    "Expected `thinking` or `redacted_thinking`, but found `{found}`. When `thinking` is enabled, a final "
+    "`assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+    "`tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this "
+    "requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -107,6 +120,55 @@ class AnthropicError:
 Reply = AnthropicMessage | AnthropicStream | AnthropicError
 
 
+def request_problems(body: Any) -> list[str]:
+    """What the Messages API refuses in history a proxy might have built: signatures it never issued,
+    and a tool loop that lost its thinking while thinking is on."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return []
+    problems = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            kind = block.get("type") if isinstance(block, dict) else None
+            signature = block.get("signature") if kind == "thinking" else None
+            if kind == "thinking" and (not isinstance(signature, str) or not signature
+                                       or signature.startswith(ENGINE_ENVELOPE)):
+                problems.append(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+            if kind == "redacted_thinking" and str(block.get("data", "")).startswith(ENGINE_ENVELOPE):
+                problems.append(f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block")
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") == "enabled":
+        problems += _loop_problems(messages)
+    return problems
+
+
+def _blocks(message: Any) -> list[Any]:
+    content = message.get("content")
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+
+
+def _only_results(message: Any) -> bool:
+    blocks = _blocks(message)
+    return message.get("role") == "user" and bool(blocks) and all(b.get("type") == "tool_result" for b in blocks)
+
+
+def _loop_problems(messages: list[Any]) -> list[str]:
+    """The assistant turn of a tool loop in progress must start with a thinking block."""
+    if not messages or not _only_results(messages[-1]):
+        return []
+    start = next((i + 1 for i in range(len(messages) - 1, -1, -1)
+                  if messages[i].get("role") == "user" and not _only_results(messages[i])), 0)
+    for i in range(start, len(messages)):
+        if messages[i].get("role") == "assistant":
+            blocks = _blocks(messages[i])
+            found = blocks[0].get("type") if blocks else "nothing"
+            if found in ("thinking", "redacted_thinking"):
+                return []
+            return [f"messages.{i}.content.0.type: {THINKING_REQUIRED.format(found=found)}"]
+    return []
+
+
 @dataclass
 class Received:
     path: str
@@ -114,10 +176,19 @@ class Received:
     raw: bytes
     sent: bytes = b""
     """The body bytes this fake answered with (for byte-for-byte comparisons)."""
+    problems: list[str] = field(default_factory=list)
+    """Why the fake refused the body (`request_problems`); empty when it took it."""
 
     @property
     def body(self) -> Any:
         return orjson.loads(self.raw)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 class FakeAnthropic:
@@ -145,8 +216,12 @@ class FakeAnthropic:
         received = Received(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, raw)
         self.requests.append(received)
         reply: Reply
+        if scope["path"] == MESSAGES_PATH:
+            received.problems = request_problems(_json_or_none(raw))
         if scope["path"] != MESSAGES_PATH:
             reply = AnthropicError(404, "not_found_error", f"unknown path {scope['path']}")
+        elif received.problems:
+            reply = AnthropicError(400, "invalid_request_error", received.problems[0])
         elif not self.script:
             reply = AnthropicError(500, "api_error", "no scripted reply left")
         else:

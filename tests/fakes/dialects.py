@@ -75,6 +75,34 @@ def _openrouter_error(error: Error) -> JSONObject:
     return {"error": {"message": error.message, "code": error.status}}
 
 
+OPENROUTER_DETAIL_FIELDS = {"reasoning.text": "text", "reasoning.summary": "summary", "reasoning.encrypted": "data"}
+OPENROUTER_REASONING_DOCS = "https://openrouter.ai/docs/guides/best-practices/reasoning-tokens#preserving-reasoning"
+
+
+def _openrouter_reasoning_details(body: JSONObject) -> Error | None:
+    """Reasoning details come back as they were returned: each of a known type with its content, and
+    in their original order (their `index` never goes down), or the vendor behind refuses the turn."""
+    for position, message in enumerate(_messages(body)):
+        details = message.get("reasoning_details")
+        if details is None:
+            continue
+        where = f"messages[{position}].reasoning_details"
+        if not isinstance(details, list):
+            return Error(400, f"{where} must be an array")
+        last = -1
+        for number, detail in enumerate(details):
+            field_name = OPENROUTER_DETAIL_FIELDS.get(detail.get("type")) if isinstance(detail, dict) else None
+            if field_name is None or not isinstance(detail.get(field_name), str):
+                return Error(400, f"{where}[{number}] is not a reasoning detail OpenRouter returned: {detail!r}")
+            index = detail.get("index", last)
+            if not isinstance(index, int) or index < last:
+                return Error(400, f"{where}[{number}] (index {index}) comes after index {last}: reasoning_details "
+                                  "must be passed back unmodified and in their original order "
+                                  f"({OPENROUTER_REASONING_DOCS})")
+            last = index
+    return None
+
+
 # --- Groq --------------------------------------------------------------------------------------
 
 
@@ -195,6 +223,7 @@ DIALECTS: dict[str, Dialect] = {
         Dialect(
             "openrouter", "anthropic/claude-sonnet-4",
             allow_extra=frozenset({"reasoning", "messages[].reasoning_details", "messages[].content[].cache_control"}),
+            checks=(_openrouter_reasoning_details,),
             error_body=_openrouter_error,
             sse_comments=True,
         ),

@@ -57,6 +57,7 @@ __all__ = [
     "Error",
     "FakeOpenAI",
     "Reasoning",
+    "ReasoningDetails",
     "ReceivedRequest",
     "Reply",
     "Scripted",
@@ -356,6 +357,47 @@ class Reasoning(Reply):
     def message(self) -> JSONObject:
         answer = self.then.message() if self.then else _assistant_message(None)
         return {**answer, self.field: self.text}
+
+    def reason(self) -> str:
+        return self.finish_reason or (self.then.reason() if self.then else "stop")
+
+
+_DETAIL_TEXT = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+@dataclass
+class ReasoningDetails(Reply):
+    """OpenRouter's structured reasoning (`reasoning_details`), then `then`.
+
+    Each detail is as OpenRouter returns it: `reasoning.text` (`text`, maybe `signature`),
+    `reasoning.summary` (`summary`) or `reasoning.encrypted` (`data`), with `format`, `index` and
+    maybe `id`. A whole answer lists them as given, with `reasoning` holding their text. A stream
+    sends a text or summary detail as a fragment with its text (mirrored in `delta.reasoning`), then
+    its signature in a fragment of its own, and an encrypted detail whole, in the order given.
+    """
+
+    details: list[JSONObject] = field(default_factory=list)
+    then: Text | ToolCalls | None = None
+
+    def body_deltas(self) -> list[JSONObject]:
+        deltas: list[JSONObject] = []
+        for detail in self.details:
+            key = _DETAIL_TEXT.get(str(detail.get("type")))
+            if key is None:
+                deltas.append({"content": None, "reasoning": None, "reasoning_details": [detail]})
+                continue
+            head = {k: v for k, v in detail.items() if k != "signature"}
+            deltas.append({"content": None, "reasoning": detail.get(key, ""), "reasoning_details": [head]})
+            if detail.get("signature"):
+                tail = {**detail, key: ""}
+                deltas.append({"content": None, "reasoning": "", "reasoning_details": [tail]})
+        return deltas + (self.then.body_deltas() if self.then else [])
+
+    def message(self) -> JSONObject:
+        answer = self.then.message() if self.then else _assistant_message(None)
+        text = "".join(str(d.get(_DETAIL_TEXT.get(str(d.get("type")), ""), "")) for d in self.details
+                       if d.get("type") in _DETAIL_TEXT)
+        return {**answer, "reasoning": text, "reasoning_details": self.details}
 
     def reason(self) -> str:
         return self.finish_reason or (self.then.reason() if self.then else "stop")
