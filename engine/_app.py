@@ -10,7 +10,6 @@ rendered by one handler in the envelope of the API the client called, with the m
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -50,7 +49,7 @@ from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "replace_proxy"]
 
 logger = logging.getLogger("ccproxy_engine")
 
@@ -300,17 +299,14 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         started = time.perf_counter()
         await proxy.upstream.open()
-        warm = asyncio.ensure_future(asyncio.to_thread(proxy.tokens.warm_up))
+        # the tokenizer (about 25 MB) loads on the first count, in a thread: idle memory does not carry it
         logger.debug("upstream pools open in %.1f ms", (time.perf_counter() - started) * 1000)
         try:
             yield
         finally:
-            warm.cancel()
             await proxy.upstream.aclose()
 
-    for provider in settings.providers.values():
-        remember(provider.api_key)
-    remember(settings.api_key)
+    _remember_keys(settings)
     return Litestar(
         route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, health, head_root,
                         dashboard_router()],
@@ -324,3 +320,26 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
         logging_config=None,
         debug=False,
     )
+
+
+def replace_proxy(app: Litestar, settings: Settings, rules: Mapping[str, CompiledRules]) -> Proxy:
+    """Serve new requests with a pipeline built from `settings` and `rules` (a reload); returns the old one.
+
+    The swap is one attribute assignment, so every request sees one pipeline or the other: a request
+    in flight keeps the `Proxy` it started with until it ends. The new pipeline shares the old one's
+    upstream pools and warm token counter, so nothing in flight is cut and nothing needs closing;
+    the lifespan closes the shared pools at shutdown. The server key and address are the app's
+    own (its authenticator and socket), so they change only with a restart.
+    """
+    state: _State = app.state.ccproxy
+    old = state.proxy
+    _remember_keys(settings)
+    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens)
+    return old
+
+
+def _remember_keys(settings: Settings) -> None:
+    """Every configured credential is redacted from upstream text a client or a log could see."""
+    for provider in settings.providers.values():
+        remember(provider.api_key)
+    remember(settings.api_key)

@@ -8,11 +8,11 @@ closures that return a bool, and turns the schema's one costly pattern, an ``all
 ``if: {properties: {K: {const: "..."}}}, then: ...`` rules on the same key, into one dict lookup.
 
 It answers only whether a body is valid. Whoever rejects a body still asks jsonschema for the
-message (`RequestChecker` does exactly that), so the error a client sees is unchanged.
+message (`_validation.RequestValidator` does exactly that), so the error a client sees is unchanged.
 
 Semantics are those of JSON Schema 2020-12 as jsonschema implements them, for the keywords the
-request schemas use: type, properties, required, items, minItems, minLength, minimum, maximum, enum,
-const, anyOf, allOf, if/then/else and local ``$ref`` to ``#/$defs/...``. A schema with any other
+request schemas use: type, properties, required, items, minItems, maxItems, minLength, minimum, maximum, enum,
+const, anyOf, oneOf, allOf, if/then/else and local ``$ref`` to ``#/$defs/...``. A schema with any other
 validation keyword raises `UnsupportedSchemaError` at compile time, never a wrong answer later.
 """
 
@@ -22,11 +22,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jsonschema
-
-from ._errors import RequestError
-
-__all__ = ["Check", "RequestChecker", "UnsupportedSchemaError", "compile_check"]
+__all__ = ["Check", "UnsupportedSchemaError", "compile_check"]
 
 Check = Callable[[Any], bool]
 """True when the instance satisfies the schema the check was compiled from."""
@@ -34,8 +30,8 @@ Check = Callable[[Any], bool]
 #: Keywords that never affect validity.
 _ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "default", "examples",
                           "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
-_SUPPORTED = _ANNOTATIONS | {"type", "properties", "required", "items", "minItems", "minLength", "minimum",
-                             "maximum", "enum", "const", "anyOf", "allOf", "if", "then", "else", "$ref"}
+_SUPPORTED = _ANNOTATIONS | {"type", "properties", "required", "items", "minItems", "maxItems", "minLength", "minimum",
+                             "maximum", "enum", "const", "anyOf", "oneOf", "allOf", "if", "then", "else", "$ref"}
 
 
 class UnsupportedSchemaError(ValueError):
@@ -161,17 +157,19 @@ class _Compiler:
         return check
 
     def _array(self, schema: Mapping[str, Any]) -> Check | None:
-        min_items = schema.get("minItems")
+        min_items, max_items = schema.get("minItems"), schema.get("maxItems")
         items = self.compile(schema["items"]) if "items" in schema else None
         if items is _always:
             items = None
-        if min_items is None and items is None:
+        if min_items is None and max_items is None and items is None:
             return None
 
         def check(value: Any) -> bool:
             if not isinstance(value, list):
                 return True
             if min_items is not None and len(value) < min_items:
+                return False
+            if max_items is not None and len(value) > max_items:
                 return False
             if items is not None:
                 for item in value:
@@ -208,6 +206,9 @@ class _Compiler:
         if "anyOf" in schema:
             branches = [self.compile(sub) for sub in schema["anyOf"]]
             checks.append(lambda value: any(branch(value) for branch in branches))
+        if "oneOf" in schema:
+            exclusive = [self.compile(sub) for sub in schema["oneOf"]]
+            checks.append(lambda value: sum(1 for branch in exclusive if branch(value)) == 1)
         if "allOf" in schema:
             checks.append(self._all_of(schema["allOf"]))
         if "if" in schema:
@@ -286,26 +287,3 @@ def _discriminator_rules(subschemas: list[Any]) -> tuple[str, list[tuple[str, An
 def compile_check(schema: Mapping[str, Any]) -> Check:
     """A function telling whether an instance is valid against `schema` (see the module doc)."""
     return _Compiler(schema).compile(schema)
-
-
-class RequestChecker:
-    """Checks request bodies: the compiled yes/no check first, jsonschema's message on failure.
-
-    Same contract and messages as the engine's schema check: a non-object body and an invalid one
-    raise `RequestError` ("<dotted.path>: <jsonschema's best message>"); a valid one returns None.
-    """
-
-    def __init__(self, schema: Mapping[str, Any]) -> None:
-        self._check = compile_check(schema)
-        self._precise = jsonschema.Draft202012Validator(schema)
-
-    def check(self, body: Any) -> None:
-        if not isinstance(body, dict):
-            raise RequestError("request body must be a JSON object")
-        if self._check(body):
-            return
-        error = jsonschema.exceptions.best_match(self._precise.iter_errors(body))
-        if error is None:  # pragma: no cover - the two agree by construction (tests/test_fastcheck.py)
-            return
-        where = ".".join(str(part) for part in error.absolute_path) or "body"
-        raise RequestError(f"{where}: {error.message}")

@@ -209,8 +209,11 @@ class Proxy:
         """Token count of a request of `size` bytes. Small bodies are counted inline (a thread hop costs
         more than they do); larger ones in a thread, so the loop stays free. The counter bounds its
         own work per request (`TokenCounter`), so a huge body cannot hold a thread for long either."""
-        if size < INLINE_COUNT_BYTES:
+        if size < INLINE_COUNT_BYTES and self.tokens.is_loaded:
             return self.tokens.count_request(body)
+        counted = self.tokens.count_request_inline(body)  # a repeated turn: only its new text to encode
+        if counted is not None:
+            return counted
         return await asyncio.to_thread(self.tokens.count_request, body)
 
     def model_ids(self) -> list[str]:

@@ -17,6 +17,8 @@ paid once.
   flight finish, then the lifespan closes the upstream pools). The supervisor forwards SIGTERM, SIGINT
   and SIGHUP to every worker; when a worker exits on its own, the supervisor stops the others and exits
   with its status, so a process manager (systemd, Kubernetes) restarts the whole service.
+* **Reload.** SIGHUP calls the `on_reload` hook on each worker's loop (`_reload.Reloader`: re-read
+  the config and rules, swap the app's pipeline); without a hook, SIGHUP keeps its default action.
 """
 
 from __future__ import annotations
@@ -55,15 +57,20 @@ def ensure_port_free(host: str, port: int) -> None:
             raise PortInUseError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def serve(app: Any, *, host: str, port: int, workers: int = 1, log_level: str = "warning") -> int:
+def serve(app: Any, *, host: str, port: int, workers: int = 1, log_level: str = "warning",
+          on_reload: Callable[[], None] | None = None) -> int:
     """Serve the ASGI `app` until a stop signal; returns the exit status. The caller has checked the
-    address with `ensure_port_free` (before building the app, so a busy port fails fast)."""
+    address with `ensure_port_free` (before building the app, so a busy port fails fast).
+    `on_reload` runs on the worker's event loop at each SIGHUP."""
+    if on_reload is not None:  # a SIGHUP before a worker's loop installs the hook must not kill it
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers <= 1:
-        return _run_worker(app, host, port, log_level)
-    return _supervise(lambda: _run_worker(app, host, port, log_level), workers)
+        return _run_worker(app, host, port, log_level, on_reload)
+    return _supervise(lambda: _run_worker(app, host, port, log_level, on_reload), workers)
 
 
-def _run_worker(app: Any, host: str, port: int, log_level: str) -> int:
+def _run_worker(app: Any, host: str, port: int, log_level: str,
+                on_reload: Callable[[], None] | None = None) -> int:
     from granian.constants import Interfaces
     from granian.log import LogLevels
     from granian.server.embed import Server
@@ -76,6 +83,8 @@ def _run_worker(app: Any, host: str, port: int, log_level: str) -> int:
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, server.stop)
+        if on_reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_reload)
         await server.serve()
 
     _run_loop(main)

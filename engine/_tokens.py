@@ -168,6 +168,11 @@ class TokenCounter:
         self._encoding: tiktoken.Encoding | None = None
         self._load_lock = threading.Lock()
 
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the encoding is loaded (its first load takes a tenth of a second or more)."""
+        return self._encoding is not None
+
     def warm_up(self) -> None:
         """Load the encoding now (raises `TokenizerUnavailableError` if it cannot be loaded)."""
         self._encode_len("warm up")

@@ -58,7 +58,7 @@ import httpx
 from ._config import Timeouts
 from ._errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 
-__all__ = ["POOL_LIMITS", "UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
+__all__ = ["DEFAULT_HEADERS", "POOL_LIMITS", "UpstreamClient", "UpstreamRequest", "UpstreamResponse", "request_headers"]
 
 #: Per provider. A proxy multiplexes many clients onto few hosts, so the pool is larger than httpx's
 #: default (100/20), and idle connections are kept 30 s: a new TLS handshake costs more than a socket.
@@ -87,6 +87,19 @@ class UpstreamRequest:
     body: bytes = field(repr=False)
     stream: bool
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+
+
+#: Headers every upstream request carries unless its rules set them: every provider body is JSON.
+DEFAULT_HEADERS = {"user-agent": USER_AGENT, "content-type": "application/json"}
+
+
+def request_headers(request: UpstreamRequest) -> dict[str, str]:
+    """The headers `UpstreamClient.send` passes on top of `DEFAULT_HEADERS` (``translate`` shows both)."""
+    headers = request.headers
+    if request.stream and not any(key.lower() == "accept-encoding" for key in headers):
+        # a compressor between the model and us may hold tokens back until its buffer fills
+        headers = {**headers, "accept-encoding": "identity"}
+    return headers
 
 
 class UpstreamClient:
@@ -138,10 +151,7 @@ class UpstreamClient:
         """
         client = self._client(request.provider)
         timeouts = request.timeouts
-        headers = request.headers
-        if request.stream and not any(key.lower() == "accept-encoding" for key in headers):
-            # a compressor between the model and us may hold tokens back until its buffer fills
-            headers = {**headers, "accept-encoding": "identity"}
+        headers = request_headers(request)
         total = None if request.stream else timeouts.total  # streams never get an overall limit
         deadline = None if total is None else asyncio.get_running_loop().time() + total
         wait, phase = timeouts.first_byte, "first_byte"
@@ -176,10 +186,8 @@ class UpstreamClient:
         return client
 
     def _new_client(self) -> httpx.AsyncClient | aiohttp.ClientSession:
-        # every provider body is JSON; a rule may still set its own content-type
-        default_headers = {"user-agent": USER_AGENT, "content-type": "application/json"}
         if self._transport is not None:
-            return httpx.AsyncClient(transport=self._transport, headers=default_headers,
+            return httpx.AsyncClient(transport=self._transport, headers=DEFAULT_HEADERS,
                                      timeout=self._httpx_timeout(DEFAULT_TIMEOUTS), follow_redirects=False)
         if self._ssl_context is None:  # loading the CA store takes milliseconds: once for all pools
             self._ssl_context = httpx.create_ssl_context()
@@ -188,7 +196,7 @@ class UpstreamClient:
                                          ssl=self._ssl_context)
         # No trust_env: as under httpx with an explicit transport, proxy variables do not apply, and
         # aiohttp would look up ~/.netrc in a worker thread on every request.
-        return aiohttp.ClientSession(connector=connector, headers=default_headers, trust_env=False,
+        return aiohttp.ClientSession(connector=connector, headers=DEFAULT_HEADERS, trust_env=False,
                                      timeout=self._aiohttp_timeout(DEFAULT_TIMEOUTS),
                                      cookie_jar=aiohttp.DummyCookieJar())  # a proxy keeps no upstream cookies
 

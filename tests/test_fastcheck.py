@@ -1,4 +1,4 @@
-"""The compiled yes/no schema check agrees with jsonschema, and `RequestChecker` keeps its messages."""
+"""The compiled yes/no schema check agrees with jsonschema, and `RequestValidator` keeps its messages."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import jsonschema
 import pytest
 
 from ccproxy_engine._errors import RequestError
-from ccproxy_engine._fastcheck import RequestChecker, UnsupportedSchemaError, compile_check
+from ccproxy_engine._fastcheck import UnsupportedSchemaError, compile_check
 from ccproxy_engine._loader import load_schema
+from ccproxy_engine._validation import RequestValidator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 SCHEMAS = ["anthropic.messages.schema.json", "anthropic.count_tokens.schema.json"]
@@ -153,7 +154,7 @@ def test_if_then_on_a_missing_discriminator_applies_every_then() -> None:
         assert check(value) is reference.is_valid(value), value
 
 
-@pytest.mark.parametrize("schema", [{"pattern": "a"}, {"properties": {"a": {"oneOf": []}}},
+@pytest.mark.parametrize("schema", [{"pattern": "a"}, {"properties": {"a": {"not": {}}}},
                                     {"$ref": "https://example.com/s.json"}, {"type": "decimal"}])
 def test_unsupported_schemas_fail_at_compile_time(schema: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedSchemaError):
@@ -183,14 +184,57 @@ MODEL = "claude-sonnet-4-5"
     ],
 )
 def test_request_checker_names_the_field_like_the_engine(body: dict[str, Any], message: str) -> None:
-    checker = RequestChecker(load_schema("anthropic.messages.schema.json"))
+    checker = RequestValidator("anthropic.messages.schema.json")
     with pytest.raises(RequestError) as caught:
         checker.check(body)
     assert caught.value.message == message
 
 
 def test_request_checker_accepts_valid_and_rejects_non_objects() -> None:
-    checker = RequestChecker(load_schema("anthropic.messages.schema.json"))
+    checker = RequestValidator("anthropic.messages.schema.json")
     assert checker.check(small_body()) is None
     with pytest.raises(RequestError, match="must be a JSON object"):
         checker.check([1, 2])
+
+
+OPENAI_CHAT_BODIES: list[dict[str, Any]] = [
+    {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hi"}]},
+    {"model": "m", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 50, "n": 1,
+     "stop": ["a", "b"], "temperature": 0.5, "messages": [
+         {"role": "system", "content": "be brief"}, {"role": "developer", "content": [{"type": "text", "text": "x"}]},
+         {"role": "user", "content": [{"type": "text", "text": "look"},
+                                      {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+         {"role": "assistant", "content": None, "tool_calls": [
+             {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "call_1", "content": "ok"}],
+     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+     "tool_choice": "auto"},
+]
+
+
+def test_the_openai_chat_schema_agrees_with_jsonschema() -> None:
+    """Every value of the OpenAI bodies replaced, one at a time, by each odd value."""
+    schema = load_schema("openai.chat.schema.json")
+    check, reference = compile_check(schema), jsonschema.Draft202012Validator(schema)
+    outcomes = set()
+    for body in OPENAI_CHAT_BODIES:
+        assert reference.is_valid(body) and check(body) is True
+        for variant in _replacements(body):
+            expected = reference.is_valid(variant)
+            outcomes.add(expected)
+            assert check(variant) is expected, json.dumps(variant)[:2000]
+    assert outcomes == {True, False}
+
+
+def _replacements(value: Any) -> list[Any]:
+    """Copies of `value` with one nested value replaced by one of `ODD_VALUES`."""
+    out: list[Any] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += [{**value, key: copy.deepcopy(odd)} for odd in ODD_VALUES]
+            out += [{**value, key: variant} for variant in _replacements(item)]
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += [[*value[:index], copy.deepcopy(odd), *value[index + 1:]] for odd in ODD_VALUES]
+            out += [[*value[:index], variant, *value[index + 1:]] for variant in _replacements(item)]
+    return out

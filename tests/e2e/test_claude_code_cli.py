@@ -647,3 +647,38 @@ def test_claude_code_writes_a_file_through_the_proxy(claude: Path, provider: Pro
     assert answered, f"no request carried the Write result: {turns}"
     assert answered[0].calls[write.call_id] == ("Write", write.arguments())
     assert answered[0].results[write.call_id].startswith(WRITE_RESULT + str(model.target))
+
+
+@pytest.mark.e2e
+@pytest.mark.claude_code
+def test_claude_code_through_the_launcher(claude: Path, tmp_path: Path) -> None:
+    """`ccproxy-engine code`, as a user runs it: the proxy starts in the background for the config,
+    the real CLI finds it through the environment the launcher sets, and its exit code comes back."""
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    model = ScriptedModel(project / "hello.txt")
+    provider = PROVIDERS[0]
+    upstream = provider.fake(model)
+    port = free_port()
+    env = {key: value for key, value in claude_env(home, "unused").items() if key != "ANTHROPIC_BASE_URL"}
+    env.update({"PATH": f"{claude.parent}{os.pathsep}{env['PATH']}", "XDG_STATE_HOME": str(tmp_path / "state")})
+    with serve_app(upstream.app) as fake_url:
+        config = write_config(tmp_path, provider, fake_url)
+        config.write_text(f"server: {{port: {port}}}\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+        command = [*cli_command(), "code", "--config", str(config), "-p", TASK, "--output-format", "json",
+                   "--permission-mode", "acceptEdits", "--max-turns", str(MAX_TURNS)]
+        try:
+            run = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
+                                 timeout=CLI_TIMEOUT, check=False)
+        finally:
+            stopped = subprocess.run([*cli_command(), "stop", "--config", str(config)], env=env,
+                                     capture_output=True, text=True, timeout=60, check=False)
+    context = f"exit {run.returncode}\nstdout: {run.stdout}\nstderr: {run.stderr}"
+    assert run.returncode == 0, context
+    assert f"ccproxy-engine started on http://127.0.0.1:{port}" in run.stderr, context
+    result = json.loads(run.stdout)
+    assert (result["subtype"], result["result"]) == ("success", DONE_TEXT), context
+    assert model.target.read_text(encoding="utf-8") == CONTENT
+    assert "ccproxy-engine stopped" in stopped.stderr
+    upstream.assert_valid()
