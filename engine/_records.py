@@ -107,6 +107,7 @@ class _Decoded(Protocol):
 
 
 _D = TypeVar("_D", bound=_Decoded)
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -309,7 +310,7 @@ class Observer:
     def watch(self, answer: _A) -> _A:
         """Follow an `Answer` to its end: a whole body is read now, a stream as it is sent."""
         if answer.stream is not None:
-            answer.stream = _Followed(self, answer.stream)
+            answer.stream = _Followed(self, self._follow(answer.stream))
             return answer
         self._whole(answer.content, answer.status)
         return answer
@@ -318,7 +319,7 @@ class Observer:
         """`watch` for an answer handed over as Anthropic values (`Proxy.decoded`, for clients of
         another API): the message now, or the event batches as they are rendered."""
         if decoded.events is not None:
-            decoded.events = self._follow_values(decoded.events)
+            decoded.events = _Followed(self, self._follow_values(decoded.events))
         elif decoded.message is not None:
             if isinstance(decoded.message.get("usage"), dict):
                 self.usage(decoded.message["usage"])
@@ -433,27 +434,27 @@ class _EventScanner:
                 self._observer._event(event.event, event.data)
 
 
-class _Followed(AsyncGenerator[bytes, None]):
-    """`Observer._follow` as the answer's stream, which also ends the record when the stream is closed
-    before it started (the client left before the response began): a generator that never ran has no
-    ``finally`` to do it."""
+class _Followed(AsyncGenerator[_T, None]):
+    """A following generator (`Observer._follow`, `_follow_values`) as the answer's stream, which also
+    ends the record when the stream is closed before it started (the client left before the response
+    began): a generator that never ran has no ``finally`` to do it."""
 
     __slots__ = ("_follow", "_observer", "_started")
 
-    def __init__(self, observer: Observer, stream: AsyncGenerator[bytes, None]) -> None:
+    def __init__(self, observer: Observer, follow: AsyncGenerator[_T, None]) -> None:
         self._observer = observer
-        self._follow = observer._follow(stream)
+        self._follow = follow
         self._started = False
 
-    def __anext__(self) -> Awaitable[bytes]:  # type: ignore[override]  # no coroutine frame of its own a chunk
+    def __anext__(self) -> Awaitable[_T]:  # type: ignore[override]  # no coroutine frame of its own a chunk
         self._started = True
         return self._follow.__anext__()
 
-    def asend(self, value: None) -> Awaitable[bytes]:  # type: ignore[override]
+    def asend(self, value: None) -> Awaitable[_T]:  # type: ignore[override]
         self._started = True
         return self._follow.asend(value)
 
-    def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Awaitable[bytes]:  # type: ignore[override]
+    def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> Awaitable[_T]:  # type: ignore[override]
         return self._follow.athrow(typ, val, tb)
 
     async def aclose(self) -> None:

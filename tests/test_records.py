@@ -176,6 +176,47 @@ def test_a_stream_closed_before_it_started() -> None:
     assert (record.state, record.error_type, record.status) == ("error", "client_closed", 499)
 
 
+_Batch = list[tuple[str, dict[str, object]]]
+
+
+@dataclass
+class _Decoded:
+    message: dict[str, object] | None = None
+    events: AsyncGenerator[_Batch, None] | None = None
+
+
+async def _batches(*batches: _Batch) -> AsyncGenerator[_Batch, None]:
+    for batch in batches:
+        yield batch
+
+
+def test_answers_as_values_for_other_apis() -> None:
+    """`Proxy.decoded` (OpenAI clients): events as values; a reader that stops at message_stop is done."""
+    records = RequestRecords()
+    usage = {"input_tokens": 3, "output_tokens": 4}
+    whole = records.open("v1", _body()).watch_values(_Decoded(message={"usage": usage}))
+    assert whole.message is not None and records.get("v1").state == "ok"  # type: ignore[union-attr]
+    decoded = records.open("v2", _body()).watch_values(_Decoded(events=_batches(
+        [("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 9}}})],
+        [("content_block_start", {"type": "content_block_start"})],
+        [("message_delta", {"type": "message_delta", "usage": {"output_tokens": 2}}), ("message_stop", {})],
+        [("ping", {})])))
+
+    async def read_to_stop() -> None:
+        assert decoded.events is not None
+        for _ in range(3):
+            await decoded.events.__anext__()
+        await decoded.events.aclose()
+
+    asyncio.run(read_to_stop())
+    record = records.get("v2")
+    assert record is not None and (record.state, record.usage) == ("ok", {"input_tokens": 9, "output_tokens": 2})
+    unread = records.open("v3", _body()).watch_values(_Decoded(events=_batches([("ping", {})])))
+    assert unread.events is not None
+    asyncio.run(unread.events.aclose())
+    assert records.get("v3").error_type == "client_closed"  # type: ignore[union-attr]
+
+
 def test_a_whole_answer_and_its_capture() -> None:
     records = RequestRecords(DashboardSettings(capture=True))
     observer = records.open("w1", {"model": "m"})
