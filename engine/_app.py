@@ -10,6 +10,7 @@ rendered by one handler in the envelope of the API the client called, with the m
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -42,9 +43,12 @@ from ._errors import (
     error_type_for_status,
 )
 from ._functions import new_id
-from ._proxy import Answer, Proxy
+from ._metrics import Metrics
+from ._observe import REQUEST_ID, Observer, Trace
+from ._proxy import Answer, Proxy, configured_models
 from ._records import RequestRecords
 from ._redact import remember
+from ._shutdown import Drain, register, unregister
 from ._tokens import TokenCounter
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
@@ -98,7 +102,8 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     raw = await request.body()
     body = _parse(raw)
     state.messages_schema.check(body)
-    answer = await state.proxy.messages(body, raw, request.headers, request_id=_request_id(request))
+    answer = await state.proxy.messages(body, raw, request.headers, request_id=_request_id(request),
+                                        trace=_trace(request))
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
 
@@ -112,7 +117,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     body = _parse(raw)
     translated = state.chat.request(body, request.headers)
     decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
-                                        adapt=ChatInbound.adapt)
+                                        adapt=ChatInbound.adapt, trace=_trace(request))
     answer = render(decoded, body)
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
@@ -169,6 +174,13 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return _json_response(_model_info(model_id, _is_openai_client(request)))
 
 
+@get("/metrics", media_type="text/plain")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format (every worker's numbers when there are several); behind the server key."""
+    content, content_type = _state(request).proxy.metrics.render()
+    return Response(content, media_type=content_type)
+
+
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json_response({"status": "ok", "providers": sorted(_state(request).proxy.settings.providers)})
@@ -184,6 +196,14 @@ async def head_root() -> None:
 #: Where a request's id and its answer are kept in the ASGI scope.
 _REQUEST_ID = "ccproxy.request_id"
 _ANSWER = "ccproxy.answer"
+_TRACE = "ccproxy.trace"
+#: The endpoints that send a request upstream: each gets a `Trace` (metrics, access log).
+_TRACED_PATHS = frozenset({"/v1/messages", "/v1/chat/completions"})
+
+
+def _trace(request: Request[Any, Any, Any]) -> Trace | None:
+    trace = request.scope.get(_TRACE)
+    return trace if isinstance(trace, Trace) else None
 #: What a client-sent request id may look like before it is echoed in a header or written to a log.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 #: Endpoints that answer without the server key: liveness probes, Claude Code's HEAD / probe, and the
@@ -205,6 +225,10 @@ def _request_id(request: Request[Any, Any, Any]) -> str:
     sent = request.headers.get("request-id") or request.headers.get("x-request-id") or ""
     request_id = sent if _VALID_REQUEST_ID.fullmatch(sent) else new_id("req_")
     request.scope[_REQUEST_ID] = request_id  # type: ignore[literal-required]
+    REQUEST_ID.set(request_id)  # every log line about this request names it (`_observe`)
+    trace = request.scope.get(_TRACE)
+    if isinstance(trace, Trace):
+        trace.request_id = request_id
     return request_id
 
 
@@ -246,6 +270,64 @@ def _closes_answers(app: ASGIApp) -> ASGIApp:
                 await answer.aclose()
 
     return middleware
+
+
+def _observes(observer: Observer) -> Callable[[ASGIApp], ASGIApp]:
+    """Middleware: each request to a traced endpoint (`_TRACED_PATHS`) gets a `Trace`, finished with the
+    status the client got once the response is over (a stream's last byte, an error, or the client gone). Every request
+    starts with no request id in the log context, so none is inherited from an earlier one."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            REQUEST_ID.set(None)
+            exchange = _Exchange(receive, send)
+            if scope["path"] not in _TRACED_PATHS or scope.get("method") != "POST":
+                await app(scope, exchange.receive, exchange.send)
+                return
+            trace = Trace("")
+            scope[_TRACE] = trace  # type: ignore[literal-required]
+            try:
+                await app(scope, exchange.receive, exchange.send)
+            finally:
+                observer.finish(trace, exchange.status)
+
+        return middleware
+
+    return wrap
+
+
+class _Exchange:
+    """One request's ASGI channels, watched: the status sent, and whether the response is complete.
+
+    A wait on `receive` that the server cancels (granian does, for connections still open when it
+    stops) reads as the client's ``http.disconnect``, instead of a CancelledError raised in the app's
+    disconnect listener and logged as a crash; a cancellation of the waiting task itself is kept,
+    unless the response is already complete (then granian's and the app's own cancellation race, and
+    nothing is left to stop)."""
+
+    __slots__ = ("_receive", "_send", "complete", "status")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self.status = 500  # what the client is left with when no response started
+        self.complete = False
+
+    async def receive(self) -> Any:
+        try:
+            return await self._receive()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.complete and (task is None or task.cancelling()):
+                raise
+            return {"type": "http.disconnect"}
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        await self._send(message)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -290,8 +372,11 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
                upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
                max_body_bytes: int = 32 * 1024 * 1024) -> Litestar:
     """The ASGI app for `settings` and compiled `rules` (`_cli.prepare` builds both from files)."""
-    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens,
-                  records=RequestRecords(settings.dashboard))
+    metrics = Metrics(settings.providers, configured_models(settings))
+    drain = Drain(settings.shutdown_grace)
+    proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens, metrics=metrics,
+                  drain=drain, records=RequestRecords(settings.dashboard))
+    observer = Observer(metrics, access_log=settings.access_log)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
                    RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound())
 
@@ -299,21 +384,23 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         started = time.perf_counter()
         await proxy.upstream.open()
+        register(drain)  # SIGTERM starts its grace period (`_shutdown.begin_shutdown`)
         # the tokenizer (about 25 MB) loads on the first count, in a thread: idle memory does not carry it
         logger.debug("upstream pools open in %.1f ms", (time.perf_counter() - started) * 1000)
         try:
             yield
         finally:
+            unregister(drain)
             await proxy.upstream.aclose()
 
     _remember_keys(settings)
     return Litestar(
-        route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, health, head_root,
-                        dashboard_router()],
+        route_handlers=[create_message, chat_completions, count_tokens, list_models, get_model, metrics_endpoint,
+                        health, head_root, dashboard_router()],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),
-        middleware=[_closes_answers],
+        middleware=[_observes(observer), _closes_answers],
         exception_handlers={Exception: _error_response},
         openapi_config=None,
         request_max_body_size=max_body_bytes,
@@ -334,7 +421,8 @@ def replace_proxy(app: Litestar, settings: Settings, rules: Mapping[str, Compile
     state: _State = app.state.ccproxy
     old = state.proxy
     _remember_keys(settings)
-    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens)
+    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens,
+                        records=old.records)
     return old
 
 

@@ -9,6 +9,7 @@ One home per concept: this module parses and dispatches, and holds ``serve``, ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -138,6 +139,12 @@ def _serve_app(args: argparse.Namespace, settings: Settings, rules: dict[str, Co
     except PortInUseError as exc:
         print(f"ccproxy-engine: {exc.strerror}", file=sys.stderr)
         return 1
+    if args.access_log:
+        settings = dataclasses.replace(settings, access_log=True)
+    if args.workers > 1:  # before prometheus-client is imported: the workers' metrics are summed
+        from ._metrics import use_multiprocess_dir
+
+        use_multiprocess_dir()
     from ._app import create_app  # only a serving process needs the HTTP stack
     from ._reload import Reloader
 
@@ -333,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="serve a non-loopback host without server.api_key (something else authenticates)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="one JSON line per request at INFO (server.access_log: true)")
     serve.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     serve.add_argument("--background", action="store_true", help=argparse.SUPPRESS)  # `start` runs this
     serve.set_defaults(handler=_cmd_serve)

@@ -248,6 +248,7 @@ class ErrorMap:
     context_overflow: Selector
     context_used: Selector
     context_limit: Selector
+    quota: Selector
 
     def to_exception(self, status: int, body: bytes, retry_after: str | None, *,
                      provider: str) -> UpstreamStatusError:
@@ -272,7 +273,8 @@ class ErrorMap:
                                        status=anthropic_status, error_type=error_type, upstream_status=status,
                                        retry_after=retry_after, named=True)
         return UpstreamStatusError(provider, message, status=anthropic_status, error_type=error_type,
-                                   upstream_status=status, retry_after=retry_after)
+                                   upstream_status=status, retry_after=retry_after,
+                                   quota=error_type == "billing_error" or (data is not None and bool(self.quota(data))))
 
     def describe_inline(self, error: Any, provider: str) -> tuple[str, str]:
         """An error record inside a 200 stream of `provider` → (Anthropic error type, message)."""
@@ -563,6 +565,7 @@ def _compile_errors(section: dict[str, Any], ctx: CompileContext) -> ErrorMap:
         context_overflow=_selector(section, "context_overflow", key_path, ctx),
         context_used=_selector(section, "context_used", key_path, ctx),
         context_limit=_selector(section, "context_limit", key_path, ctx),
+        quota=_selector(section, "quota", key_path, ctx),
     )
 
 

@@ -60,9 +60,12 @@ from ._yaml import (
 __all__ = [
     "DEFAULT_CONFIG_YAML",
     "EMBEDDED_SOURCE",
+    "BreakerSettings",
     "CustomRouter",
     "DashboardSettings",
     "ProviderSettings",
+    "ResilienceSettings",
+    "RetrySettings",
     "RouteTarget",
     "Routes",
     "Settings",
@@ -221,6 +224,40 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Retries of one target before the route's next one (``server.retry``). Claude Code retries
+    failed requests itself, so the defaults are small: one retry, half a second."""
+
+    attempts: int = 2
+    """Tries per target, the first included (1: no retry)."""
+    backoff: float = 0.5
+    """The first retry's delay in seconds; each later one doubles it, with jitter, up to `max_backoff`."""
+    max_backoff: float = 4.0
+    max_retry_after: float = 10.0
+    """An upstream ``Retry-After`` is honoured up to this many seconds; a longer wait is not retried here."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """The circuit breaker per provider and model (``server.circuit_breaker``)."""
+
+    failures: int = 5
+    """Consecutive failures (connect errors, timeouts, 429, 5xx) that open it; 0 disables breakers."""
+    open_seconds: float = 30.0
+    """How long an open breaker skips its target before one request may try it again (half-open)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResilienceSettings:
+    """Retries, breakers and fallbacks: how the proxy survives a failing upstream."""
+
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    fallback_on_unsupported: bool = False
+    """A target whose rules refuse the request (a capability the model lacks) passes it to the next target."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `serve` needs from the config. `providers` holds only enabled providers, in file
     order; `warnings` lists what was disabled and why; `source` is the file path or EMBEDDED_SOURCE."""
@@ -235,6 +272,11 @@ class Settings:
     allow_unauthenticated: bool = False
     """Serve a non-loopback host without `api_key` (the user opted in)."""
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    shutdown_grace: float = 30.0
+    """Seconds streams in flight get to finish after SIGTERM before they end with an ``error`` event."""
+    access_log: bool = False
+    """One structured INFO line per ``/v1/messages`` request."""
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None, *,
@@ -398,6 +440,9 @@ class _Loader:
             api_key=server.get("api_key") or None,
             allow_unauthenticated=bool(server.get("allow_unauthenticated", False)),
             dashboard=DashboardSettings(**(server.get("dashboard") or {})),
+            resilience=_resilience(server),
+            shutdown_grace=float(server.get("shutdown_grace", 30.0)),
+            access_log=bool(server.get("access_log", False)),
             providers=providers,
             routes=self._routes(data["routes"], providers),
             source=self.source,
@@ -440,6 +485,24 @@ def _provider(name: str, rules: str, raw: dict[str, Any]) -> ProviderSettings:
             idle=float(timeout.get("read", defaults.idle)),
             total=float(timeout["total"]) if timeout.get("total") is not None else None,
         ),
+    )
+
+
+def _resilience(server: Mapping[str, Any]) -> ResilienceSettings:
+    retry, breaker = server.get("retry") or {}, server.get("circuit_breaker") or {}
+    retry_defaults, breaker_defaults = RetrySettings(), BreakerSettings()
+    return ResilienceSettings(
+        retry=RetrySettings(
+            attempts=int(retry.get("attempts", retry_defaults.attempts)),
+            backoff=float(retry.get("backoff", retry_defaults.backoff)),
+            max_backoff=float(retry.get("max_backoff", retry_defaults.max_backoff)),
+            max_retry_after=float(retry.get("max_retry_after", retry_defaults.max_retry_after)),
+        ),
+        breaker=BreakerSettings(
+            failures=int(breaker.get("failures", breaker_defaults.failures)),
+            open_seconds=float(breaker.get("open_seconds", breaker_defaults.open_seconds)),
+        ),
+        fallback_on_unsupported=bool(server.get("fallback_on_unsupported", False)),
     )
 
 

@@ -129,9 +129,11 @@ class UpstreamStatusError(UpstreamError):
 
     def __init__(self, provider: str, message: str, *, status: int, error_type: str | None = None,
                  upstream_status: int | None = None, retry_after: str | None = None,
-                 named: bool = False) -> None:
+                 named: bool = False, quota: bool = False) -> None:
         super().__init__(provider, message, status=status, error_type=error_type, named=named)
         self.upstream_status = upstream_status if upstream_status is not None else status
+        self.quota = quota
+        """The provider said a quota is exhausted (its rules' ``errors.quota``): retrying cannot help."""
         if retry_after:
             self.headers["retry-after"] = retry_after
 

@@ -10,12 +10,21 @@ is awaited before anything reaches the client. A failure that the next target mi
 (connect errors, timeouts, 429, 5xx) moves on to it; anything else, or the last target's failure,
 is raised. Once an answer has started, it is the client's: a failure inside a stream ends it with
 an ``error`` event, never with a retry or a fake ``end_turn``.
+
+Resilience (`_resilience`): before a target is tried its circuit breaker is asked (an open one passes
+the request to the next target, or answers 529 ``overloaded_error`` when there is none); a failed try
+is retried per `RetryPolicy` before the next target, and only before the first byte. With
+``server.fallback_on_unsupported``, a target whose rules refuse the request (a capability its model
+lacks) passes it on too. Each request's `Trace` collects what the metrics and the access log need;
+open streams are registered with the app's `Drain`, which ends them at the shutdown deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
@@ -24,17 +33,13 @@ import orjson
 
 from ._config import RouteTarget, Settings
 from ._endpoint import Endpoint, UpstreamCall
-from ._errors import (
-    EngineError,
-    NotFoundError,
-    RequestError,
-    UpstreamConnectError,
-    UpstreamStatusError,
-    UpstreamTimeoutError,
-    error_envelope,
-)
+from ._errors import EngineError, NotFoundError, RequestError, UpstreamStatusError, error_envelope
+from ._metrics import Metrics, known_models
+from ._observe import Trace
 from ._records import RequestRecords, observe
+from ._resilience import Breakers, CircuitOpenError, RetryPolicy, TargetRefusedError, is_upstream_failure
 from ._router import Router
+from ._shutdown import Drain, ShuttingDownError, StreamStop
 from ._sse import encode_events
 from ._tokens import TokenCounter
 from ._translate import StreamTranslator
@@ -120,6 +125,8 @@ class Exchange:
     """The input-token count, when routing already counted it."""
     size: int
     """The client's body size in bytes (how the token count is scheduled)."""
+    trace: Trace
+    """What the metrics and the access log learn about the request."""
 
 
 Adapter: TypeAlias = Callable[[JSONObject, Endpoint, str], JSONObject]
@@ -133,6 +140,7 @@ class Proxy:
 
     def __init__(self, settings: Settings, endpoints: Mapping[str, Endpoint], *,
                  upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
+                 metrics: Metrics | None = None, drain: Drain | None = None,
                  records: RequestRecords | None = None) -> None:
         self.settings = settings
         self.records = records if records is not None else RequestRecords()
@@ -140,6 +148,11 @@ class Proxy:
         self.router = Router(settings)
         self.upstream = upstream or UpstreamClient()
         self.tokens = tokens or TokenCounter()
+        self.metrics = metrics if metrics is not None else Metrics(settings.providers, configured_models(settings))
+        self.drain = drain if drain is not None else Drain(settings.shutdown_grace)
+        resilience = settings.resilience
+        self.retry = RetryPolicy(resilience.retry)
+        self.breakers = Breakers(resilience.breaker, on_change=self.metrics.breaker_state)
 
     def endpoint(self, target: RouteTarget) -> Endpoint:
         """The endpoint serving `target`'s provider."""
@@ -149,61 +162,114 @@ class Proxy:
         return endpoint
 
     async def messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], *,
-                       request_id: str) -> Answer:
+                       request_id: str, trace: Trace | None = None) -> Answer:
         """Answer one checked ``/v1/messages`` request with Anthropic bytes: route it, then try its
         targets in order. A passthrough target's answer is relayed byte for byte. Its record
         (`RequestRecords`, the dashboard's) follows it to the end of the answer."""
         observer = self.records.open(request_id, body)
         try:
-            return observer.watch(await self._routed(Incoming(body, raw, _lower(headers)), len(raw), request_id,
-                                                     self._as_bytes))
+            return observer.watch(await self._routed(Incoming(body, raw, _lower(headers)), len(raw),
+                                                     trace or Trace(request_id), self._as_bytes))
         except BaseException as exc:
             observer.failed(exc)
             raise
 
     async def decoded(self, body: JSONObject, size: int, headers: Mapping[str, str], *, request_id: str,
-                      adapt: Adapter | None = None) -> Decoded:
+                      adapt: Adapter | None = None, trace: Trace | None = None) -> Decoded:
         """Answer one Anthropic request (built by an inbound translation from `size` client bytes) with
         Anthropic values instead of bytes: a message, or a stream of event batches, whatever the
         target (a passthrough's answer is decoded too). Same routing, fallbacks and upstream
         ownership as `messages`; `adapt` completes the body for each target before it is prepared."""
         observer = self.records.open(request_id, body)
         try:
-            return observer.watch_values(await self._routed(Incoming(body, None, _lower(headers)), size, request_id,
-                                                            self._as_values, adapt))
+            return observer.watch_values(await self._routed(Incoming(body, None, _lower(headers)), size,
+                                                            trace or Trace(request_id), self._as_values, adapt))
         except BaseException as exc:
             observer.failed(exc)
             raise
 
-    async def _routed(self, incoming: Incoming, size: int, request_id: str,
+    async def _routed(self, incoming: Incoming, size: int, trace: Trace,
                       finish: Callable[[Exchange], Awaitable[_T]], adapt: Adapter | None = None) -> _T:
         """Route `incoming`, then try its targets in order: `finish` opens the upstream (`_open`) and
         makes the answer; a failure the next target might not have (`_falls_back`) moves on to it."""
         body = incoming.body
+        trace.stream = bool(body.get("stream"))
         route = await self.router.route(body, _memo(lambda: self.count_tokens(body, size)))
+        trace.route = route.reason
         if route.body is not body:
             incoming = Incoming(route.body, None, incoming.headers)
         targets = route.targets
         for index, target in enumerate(targets):
-            answer_headers = {"request-id": request_id, "x-ccproxy-route": route.header(target)}
+            answer_headers = {"request-id": trace.request_id, "x-ccproxy-route": route.header(target)}
+            trace.provider, trace.model = target.provider, target.model
             observe().routed(route.reason, target.provider, target.model)
             try:
                 check_model_name(target.model)
-                endpoint = self.endpoint(target)
-                sent = incoming
-                if adapt is not None:
-                    adapted = adapt(incoming.body, endpoint, target.model)
-                    sent = incoming if adapted is incoming.body else Incoming(adapted, None, incoming.headers)
-                call = endpoint.prepare(sent.body, model=target.model, client_headers=sent.headers, raw=sent.raw)
-                observe().prepared(call.request.body)
-                return await finish(Exchange(endpoint, call, sent, answer_headers, route.tokens, size))
+                exchange = self._exchange(incoming, target, adapt, answer_headers, route.tokens, size, trace)
+                return await self._try(target, trace, functools.partial(finish, exchange))
             except EngineError as exc:
                 exc.headers.setdefault("x-ccproxy-route", answer_headers["x-ccproxy-route"])
-                if index + 1 == len(targets) or not _falls_back(exc):
+                if index + 1 == len(targets) or not self._falls_back(exc):
                     raise
+                trace.fallbacks += 1
+                self.metrics.fell_back(target.provider, target.model)
                 logger.warning("%s failed before answering (%s); trying %s", target, exc.message,
                                targets[index + 1])
         raise AssertionError("a route has at least one target")  # pragma: no cover
+
+    def _exchange(self, incoming: Incoming, target: RouteTarget, adapt: Adapter | None,
+                  headers: dict[str, str], tokens: int | None, size: int, trace: Trace) -> Exchange:
+        """`incoming` prepared for `target` (a refusal by its rules is a `TargetRefusedError`)."""
+        endpoint = self.endpoint(target)
+        sent = incoming
+        if adapt is not None:
+            adapted = adapt(incoming.body, endpoint, target.model)
+            sent = incoming if adapted is incoming.body else Incoming(adapted, None, incoming.headers)
+        try:
+            call = endpoint.prepare(sent.body, model=target.model, client_headers=sent.headers, raw=sent.raw)
+        except RequestError as exc:  # the target's rules refuse it (a capability its model lacks)
+            raise TargetRefusedError(exc) from exc
+        observe().prepared(call.request.body)
+        return Exchange(endpoint, call, sent, headers, tokens, size, trace)
+
+    async def _try(self, target: RouteTarget, trace: Trace, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """`attempt` behind `target`'s circuit breaker, retried per the retry policy."""
+        provider, model = target.provider, target.model
+        if not self.breakers.allow(provider, model):
+            raise CircuitOpenError(provider, model)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                answer = await attempt()
+            except EngineError as exc:
+                failed = is_upstream_failure(exc)
+                # an upstream that answered "your request is wrong" is up; anything else says nothing
+                self.breakers.record(provider, model, False if failed else
+                                     True if isinstance(exc, UpstreamStatusError) else None)
+                delay = self.retry.delay(exc, tries) if failed else None
+                if delay is None:
+                    raise
+                logger.info("%s failed (%s); retry %d in %.2f s", target, exc.message, tries, delay)
+                await asyncio.sleep(delay)
+                if not self.breakers.allow(provider, model):  # opened meanwhile (by this request or others)
+                    raise
+                trace.retries += 1
+                self.metrics.retried(provider, model)
+                continue
+            except BaseException:
+                self.breakers.record(provider, model, None)
+                raise
+            self.breakers.record(provider, model, True)
+            return answer
+
+    def _falls_back(self, exc: EngineError) -> bool:
+        """Whether the next target of a route may try: the provider is down, slow or busy (or its
+        breaker is open), never when the request itself is wrong (a 4xx other than 429 would fail the
+        same way everywhere), unless the user let a target's refusal fall through."""
+        if isinstance(exc, TargetRefusedError):
+            return self.settings.resilience.fallback_on_unsupported
+        return isinstance(exc, CircuitOpenError) or is_upstream_failure(exc)
 
     async def count_tokens(self, body: Mapping[str, Any], size: int) -> int:
         """Token count of a request of `size` bytes. Small bodies are counted inline (a thread hop costs
@@ -234,13 +300,14 @@ class Proxy:
             media_type = response.headers.get("content-type", "application/json")
             if not call.stream:
                 content = await _read_and_close(response)
+                exchange.trace.usage(_json_field(content, "usage"))
                 return Answer(headers, status=response.status, media_type=media_type, content=content)
             return Answer({**headers, "cache-control": "no-cache"}, media_type=media_type,
-                          stream=_relay(response), upstream=response)
+                          stream=_relay(response, exchange.trace, self.drain), upstream=response)
         if not call.stream:
             return Answer(headers, content=orjson.dumps(await self._message(exchange)))
         response, tokens = await self._open(exchange, count=True)
-        events = _encoded(_event_batches(response, endpoint.events(call, tokens)))
+        events = _encoded(_event_batches(response, endpoint.events(call, tokens), exchange.trace, self.drain))
         return Answer({**headers, "cache-control": "no-cache"}, media_type="text/event-stream", stream=events,
                       upstream=response)
 
@@ -249,13 +316,16 @@ class Proxy:
         if not exchange.call.stream:
             return Decoded(exchange.headers, message=await self._message(exchange))
         response, tokens = await self._open(exchange, count=True)
-        batches = _event_batches(response, exchange.endpoint.events(exchange.call, tokens))
+        batches = _event_batches(response, exchange.endpoint.events(exchange.call, tokens), exchange.trace,
+                                 self.drain)
         return Decoded(exchange.headers, events=batches, upstream=response)
 
     async def _message(self, exchange: Exchange) -> JSONObject:
         """A whole answer, read and translated to the Anthropic message."""
         response, _ = await self._open(exchange, count=False)
-        return exchange.endpoint.message(exchange.call, await _read_and_close(response))
+        message = exchange.endpoint.message(exchange.call, await _read_and_close(response))
+        exchange.trace.usage(message.get("usage"))
+        return message
 
     async def _open(self, exchange: Exchange, *, count: bool) -> tuple[UpstreamResponse, int]:
         """Send the call and wait for a 2xx status (else raise its mapped error). With `count`, the
@@ -281,7 +351,9 @@ class Proxy:
 
     async def _send(self, endpoint: Endpoint, call: UpstreamCall) -> UpstreamResponse:
         """Send and wait for the status: a non-2xx answer is read, closed and raised as its mapped error."""
+        started = time.perf_counter()
         response = await self.upstream.send(call.request)
+        self.metrics.upstream_ttfb(endpoint.name, call.model, time.perf_counter() - started)
         if response.status < 300:
             return response
         raw = await _read_and_close(response)
@@ -301,12 +373,21 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
-def _falls_back(exc: EngineError) -> bool:
-    """Whether the next target of a route may try: the provider is down, slow or busy, never when the
-    request itself is wrong (a 4xx other than 429 would fail the same way everywhere)."""
-    if isinstance(exc, UpstreamConnectError | UpstreamTimeoutError):
-        return True
-    return isinstance(exc, UpstreamStatusError) and (exc.upstream_status == 429 or exc.upstream_status >= 500)
+def configured_models(settings: Settings) -> set[str]:
+    """Every model the config names: the metrics' ``model`` label takes these, others are "other"."""
+    routes = settings.routes
+    targets = [*routes.default, *routes.background, *routes.think, *routes.long_context, *routes.web_search,
+               *routes.image, *(t for listed in routes.models.values() for t in listed)]
+    return known_models(targets, (m for p in settings.providers.values() for m in p.models))
+
+
+def _json_field(content: bytes, key: str) -> Any:
+    """`key` of a JSON object body; None when the body is not one."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _memo(factory: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
@@ -329,12 +410,17 @@ async def _read_and_close(response: UpstreamResponse) -> bytes:
         await response.aclose()
 
 
-async def _relay(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
-    """Upstream bytes as they arrive; a failure mid-stream appends an Anthropic ``error`` event (the blank
-    lines first end any record the upstream left half-written)."""
+async def _relay(response: UpstreamResponse, trace: Trace | None = None,
+                 drain: Drain | None = None) -> AsyncGenerator[bytes, None]:
+    """Upstream bytes as they arrive; a failure mid-stream (or the shutdown deadline) appends an Anthropic
+    ``error`` event (the blank lines first end any record the upstream left half-written)."""
+    usage = _UsageScanner(trace) if trace is not None else None
     try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
+        async for chunk in _with_keepalive(response.aiter_bytes(), drain):
+            if chunk is not None:
+                if usage is not None:
+                    usage.feed(chunk)
+                yield chunk
     except EngineError as exc:
         logger.warning("stream failed: %s", exc.message)
         yield b"\n\n" + encode_events([("error", error_envelope(exc.error_type, exc.message))])
@@ -342,21 +428,21 @@ async def _relay(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         await response.aclose()
 
 
-async def _event_batches(response: UpstreamResponse,
-                         translator: StreamTranslator) -> AsyncGenerator[list[SSEEvent], None]:
+async def _event_batches(response: UpstreamResponse, translator: StreamTranslator, trace: Trace | None = None,
+                         drain: Drain | None = None) -> AsyncGenerator[list[SSEEvent], None]:
     """Upstream SSE bytes → batches of Anthropic events (a ``ping`` during upstream silence). Closes the
-    upstream however the stream ends (finished, failed, or the client went away); a failure ends it
-    with the translator's ``error`` event."""
+    upstream however the stream ends (finished, failed, the shutdown deadline, or the client went
+    away); a failure ends it with the translator's ``error`` event."""
     try:
-        yield translator.start()
-        async for chunk in _with_keepalive(response.aiter_bytes()):
+        yield _noting_usage(trace, translator.start())
+        async for chunk in _with_keepalive(response.aiter_bytes(), drain):
             events = translator.ping() if chunk is None else translator.feed_bytes(chunk)
             if events:
-                yield events
+                yield _noting_usage(trace, events)
             if translator.is_done:
                 return
-        yield translator.finish()
-    except Exception as exc:  # an upstream failure mid-stream (cut, timeout) or our own bug
+        yield _noting_usage(trace, translator.finish())
+    except Exception as exc:  # an upstream failure mid-stream (cut, timeout), the deadline, or our own bug
         yield translator.fail(exc)
     finally:
         await response.aclose()
@@ -371,17 +457,77 @@ async def _encoded(batches: AsyncGenerator[list[SSEEvent], None]) -> AsyncGenera
         await batches.aclose()
 
 
-async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:
+def _noting_usage(trace: Trace | None, events: list[SSEEvent]) -> list[SSEEvent]:
+    """`events`, after the trace took the usage of a ``message_start`` or ``message_delta`` among them."""
+    if trace is not None:
+        for name, payload in events:
+            if name == "message_delta":
+                trace.usage(payload.get("usage"))
+            elif name == "message_start":
+                message = payload.get("message")
+                trace.usage(message.get("usage") if isinstance(message, dict) else None)
+    return events
+
+
+class _UsageScanner:
+    """Token usage of a relayed Anthropic stream, read without parsing it: only complete ``data:``
+    lines that contain ``"usage"`` (message_start, message_delta) are decoded."""
+
+    __slots__ = ("_tail", "_trace")
+
+    def __init__(self, trace: Trace) -> None:
+        self._trace = trace
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            if len(self._tail) < _MAX_USAGE_LINE:
+                self._tail += chunk
+            return
+        text, self._tail = self._tail + chunk[:end], chunk[end + 1:][:_MAX_USAGE_LINE]
+        if b'"usage"' not in text:
+            return
+        for line in text.split(b"\n"):
+            if line.startswith(b"data:") and b'"usage"' in line:
+                payload = _json_line(line[5:])
+                if payload.get("type") == "message_start":
+                    message = payload.get("message")
+                    self._trace.usage(message.get("usage") if isinstance(message, dict) else None)
+                elif payload.get("type") == "message_delta":
+                    self._trace.usage(payload.get("usage"))
+
+
+#: A relayed line longer than this is not scanned for usage (usage lines are short; text can be long).
+_MAX_USAGE_LINE = 64 * 1024
+
+
+def _json_line(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _with_keepalive(chunks: AsyncIterator[bytes], drain: Drain | None = None) -> AsyncIterator[bytes | None]:
     """Yield the upstream's chunks, and None whenever it has been silent for KEEPALIVE_SECONDS.
 
     One reader task per stream moves chunks into a one-slot queue; waiting on the queue is what gets
     the time limit, so a chunk costs a put and a get instead of a task of its own (about 7 µs a chunk
-    with a task per read, more than translating it). Cancelling the wait never loses a chunk.
+    with a task per read, more than translating it). Cancelling the wait never loses a chunk. The
+    stream is registered with `drain`, whose deadline stops the reader and puts a `ShuttingDownError`
+    in the queue (raised here, where the stream ends with an ``error`` event).
     """
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=1)
     reader = asyncio.ensure_future(_pump(chunks, queue))
+    stop = StreamStop(queue, reader)
+    if drain is not None:
+        drain.add(stop)
     try:
         while True:
+            if stop.stopped:
+                raise ShuttingDownError()
             if queue.empty():
                 try:
                     async with asyncio.timeout(KEEPALIVE_SECONDS):
@@ -398,6 +544,8 @@ async def _with_keepalive(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes |
             yield item
     finally:
         reader.cancel()
+        if drain is not None:
+            drain.discard(stop)
 
 
 async def _pump(chunks: AsyncIterator[bytes], queue: asyncio.Queue[bytes | BaseException | None]) -> None:

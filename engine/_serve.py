@@ -14,11 +14,16 @@ paid once.
   app has started a thread or a loop before the fork: pools, the tokenizer and the loop start in each
   worker's lifespan.
 * **Signals.** A worker stops gracefully on SIGTERM or SIGINT (its server stops accepting, requests in
-  flight finish, then the lifespan closes the upstream pools). The supervisor forwards SIGTERM, SIGINT
-  and SIGHUP to every worker; when a worker exits on its own, the supervisor stops the others and exits
-  with its status, so a process manager (systemd, Kubernetes) restarts the whole service.
+  flight finish, then the lifespan closes the upstream pools). Streams get ``server.shutdown_grace``
+  seconds (`_shutdown.begin_shutdown`); one still open then ends with an ``error`` event. The
+  supervisor forwards SIGTERM, SIGINT and SIGHUP to every worker; when a worker exits on its own,
+  the supervisor stops the others and exits with its status, so a process manager (systemd,
+  Kubernetes) restarts the whole service.
 * **Reload.** SIGHUP calls the `on_reload` hook on each worker's loop (`_reload.Reloader`: re-read
   the config and rules, swap the app's pipeline); without a hook, SIGHUP keeps its default action.
+* **Metrics.** With several workers, ``_cli`` calls `_metrics.use_multiprocess_dir` before the app is
+  built, so every worker writes its numbers where ``/metrics`` in any of them sums them; the
+  supervisor marks each dead worker (`_metrics.worker_exited`) and removes the directory at exit.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any
+
+from ._metrics import remove_multiprocess_dir, worker_exited
+from ._shutdown import begin_shutdown
 
 __all__ = ["PortInUseError", "ensure_port_free", "serve"]
 
@@ -79,10 +87,14 @@ def _run_worker(app: Any, host: str, port: int, log_level: str,
                     log_level=LogLevels(log_level), log_access=False)
     logging.getLogger("_granian").addFilter(_quiet_embedded_notice)
 
+    def stop() -> None:
+        begin_shutdown()  # the streams' grace period starts as the server stops accepting
+        server.stop()  # type: ignore[no-untyped-call]
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
-            loop.add_signal_handler(signum, server.stop)
+            loop.add_signal_handler(signum, stop)
         if on_reload is not None:
             loop.add_signal_handler(signal.SIGHUP, on_reload)
         await server.serve()
@@ -107,6 +119,13 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def _supervise(run_worker: Callable[[], int], workers: int) -> int:
+    try:
+        return _supervise_workers(run_worker, workers)
+    finally:
+        remove_multiprocess_dir()
+
+
+def _supervise_workers(run_worker: Callable[[], int], workers: int) -> int:
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -130,6 +149,7 @@ def _supervise(run_worker: Callable[[], int], workers: int) -> int:
         if pid not in children:
             continue
         children.remove(pid)
+        worker_exited(pid)
         exit_code = os.waitstatus_to_exitcode(code)
         if exit_code != 0 and status == 0:
             status = exit_code if exit_code > 0 else 1

@@ -27,7 +27,7 @@ def test_generated_sections_are_fresh(script: str) -> None:
 def yaml_blocks() -> list[tuple[str, int, str]]:
     found = []
     for doc in ("README.md", "docs/rules.md", "docs/routing.md", "docs/index.md", "docs/configuration.md",
-                "docs/deployment.md"):
+                "docs/deployment.md", "docs/operations.md"):
         text = (ROOT / doc).read_text()
         found.extend((doc, text[: match.start()].count("\n") + 2, match.group(1))
                      for match in YAML_BLOCK.finditer(text))

@@ -37,6 +37,9 @@ CLIENT_KEY = "sk-ant-e2e-client"
 MODEL = "claude-e2e"
 """Any Anthropic model name routes to `routes.default`; this one is on no SDK deprecation list."""
 ROUTE_HEADER = "openai/gpt-4.1; reason=default"
+NO_RETRIES = "retry: {attempts: 1}, circuit_breaker: {failures: 0}"
+"""Server keys of suites whose tests script one reply per request and share a proxy (no retry takes a
+second reply, no breaker opens across tests); test_e2e_resilience.py covers both."""
 WEATHER_TOOL: Any = {
     "name": "get_weather",
     "description": "Current weather for a city",
@@ -57,10 +60,13 @@ StreamEvent: TypeAlias = "ParsedMessageStreamEvent[Any]"
 _EVENT: pydantic.TypeAdapter[RawMessageStreamEvent] = pydantic.TypeAdapter(RawMessageStreamEvent)
 
 
-def write_config(directory: Path, fake_url: str) -> Path:
-    """A config whose only provider is `openai`, pointed at the fake, routing everything to gpt-4.1."""
+def write_config(directory: Path, fake_url: str, server: str = "") -> Path:
+    """A config whose only provider is `openai`, pointed at the fake, routing everything to gpt-4.1.
+    No retries and no breakers: each test scripts one reply per request, and many tests share a proxy
+    (test_e2e_resilience.py covers both). `server` adds keys to the ``server`` mapping."""
     path = directory / "ccproxy.yaml"
     path.write_text(
+        f"server: {{{NO_RETRIES}{', ' + server if server else ''}}}\n"
         "providers:\n"
         f"  openai: {{base_url: '{fake_url}/v1', api_key: {UPSTREAM_KEY}}}\n"
         "routes:\n"

@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import orjson
 import pytest
-from e2e.support import CLIENT_KEY, serve_proxy
+from e2e.support import CLIENT_KEY, NO_RETRIES, serve_proxy
 from fakes.anthropic_upstream import AnthropicError, AnthropicMessage, AnthropicStream, FakeAnthropic
 from fakes.server import serve_app
 
@@ -34,6 +34,7 @@ def upstream() -> Iterator[tuple[FakeAnthropic, str]]:
 def proxy(upstream: tuple[FakeAnthropic, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("anthropic") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  anthropic: {{base_url: '{upstream[1]}', api_key: {UPSTREAM_KEY}}}\n"
         "routes:\n"

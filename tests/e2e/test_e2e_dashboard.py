@@ -59,7 +59,7 @@ def fake() -> Iterator[tuple[FakeOpenAI, str]]:
 def proxy_url(fake: tuple[FakeOpenAI, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("dashboard") / "ccproxy.yaml"
     config.write_text(
-        f"server: {{api_key: {SERVER_KEY}, dashboard: {{capture: true}}}}\n"
+        f"server: {{api_key: {SERVER_KEY}, dashboard: {{capture: true}}, retry: {{attempts: 1}}}}\n"
         "providers:\n"
         f"  openai: {{base_url: '{fake[1]}/v1', api_key: {UPSTREAM_KEY}}}\n"
         f"  deepseek: {{base_url: '{fake[1]}/v1', api_key: {UPSTREAM_KEY}}}\n"

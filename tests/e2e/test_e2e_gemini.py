@@ -23,6 +23,7 @@ from anthropic.types import Message
 from e2e.support import (
     CLAUDE_CODE_FIXTURES,
     MODEL,
+    NO_RETRIES,
     WEATHER_TOOL,
     Recorded,
     accumulate,
@@ -76,6 +77,7 @@ def proxy_url(gemini: tuple[FakeGemini, str], tmp_path_factory: pytest.TempPathF
     default, gemini-3 (which insists on thought signatures) for one client model and Claude Code 2.1."""
     config = tmp_path_factory.mktemp("gemini") / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  gemini: {{base_url: '{gemini[1]}/v1beta', api_key: {UPSTREAM_KEY}}}\n"
         "routes:\n"

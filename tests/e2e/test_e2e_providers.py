@@ -21,7 +21,7 @@ import anthropic
 import pytest
 from anthropic.types import Message
 from e2e import support
-from e2e.support import WEATHER_TOOL, serve_proxy, user
+from e2e.support import NO_RETRIES, WEATHER_TOOL, serve_proxy, user
 from fakes import DIALECTS, Call, Chunks, Error, FakeOpenAI, Reasoning, Text, ToolCalls, Usage, chunk, serve_app
 from fakes.asgi import is_http_request
 from fakes.server import Receive, Scope, Send
@@ -98,7 +98,7 @@ def upstreams() -> Iterator[Upstreams]:
 def proxy_url(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The proxy for this module (conftest's `client` talks to it): every provider, keys as given."""
     url = upstreams.url
-    lines = ["providers:"]
+    lines = [f"server: {{{NO_RETRIES}}}", "providers:"]
     for t in TARGETS:
         settings = {"rules": t.rules, "base_url": f"{url}/{t.name}/v1"}
         if t.key:

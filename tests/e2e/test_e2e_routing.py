@@ -8,7 +8,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from e2e.support import CLIENT_KEY, serve_proxy, user
+from e2e.support import CLIENT_KEY, NO_RETRIES, serve_proxy, user
 from fakes import Error, FakeOpenAI, Text
 from fakes.server import serve_app
 
@@ -29,6 +29,7 @@ def proxy(tmp_path: Path, fakes: tuple[FakeOpenAI, FakeOpenAI, str, str]) -> Ite
     second.reset()
     config = tmp_path / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         f"  primary: {{rules: openai, base_url: '{first_url}/v1', api_key: k1}}\n"
         f"  backup: {{rules: openai, base_url: '{second_url}/v1', api_key: k2}}\n"
@@ -87,6 +88,7 @@ def test_an_unreachable_first_target_falls_back(tmp_path: Path, fakes: tuple[Fak
     second.queue(Text("still here"))
     config = tmp_path / "ccproxy.yaml"
     config.write_text(
+        f"server: {{{NO_RETRIES}}}\n"
         "providers:\n"
         "  dead: {rules: openai, base_url: 'http://127.0.0.1:9/v1', api_key: k}\n"
         f"  backup: {{rules: openai, base_url: '{second_url}/v1', api_key: k2}}\n"

@@ -51,8 +51,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def keyed_proxy(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = write_config(tmp_path_factory.mktemp("keyed"), upstream.url)
-    config.write_text(config.read_text() + f"server: {{api_key: {SERVER_KEY}}}\n", encoding="utf-8")
+    config = write_config(tmp_path_factory.mktemp("keyed"), upstream.url, server=f"api_key: {SERVER_KEY}")
     with serve_proxy(config) as url:
         yield url
 

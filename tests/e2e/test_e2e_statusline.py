@@ -42,7 +42,7 @@ def fake() -> Iterator[FakeOpenAI]:
 def proxy_url(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("statusline") / "ccproxy.yaml"
     config.write_text(
-        f"server: {{api_key: {SERVER_KEY}}}\n"
+        f"server: {{api_key: {SERVER_KEY}, retry: {{attempts: 1}}}}\n"
         f"providers:\n  deepseek: {{base_url: '{fake.url}/v1', api_key: {UPSTREAM_KEY}}}\n"  # type: ignore[attr-defined]
         "routes:\n  default: [deepseek/deepseek-chat]\n",
         encoding="utf-8",
