@@ -7,9 +7,8 @@ a Content-Security-Policy that allows only this origin's own script and style, a
 model output and upstream errors reach the page as JSON strings, which it shows as text only.
 
 Costs are computed here, when asked, from the ``price`` rows of the rules' capability tables, so a
-record keeps tokens only. A provider's circuit-breaker state is shown when the pipeline can say it:
-`Proxy.breaker_state(provider) -> str | None` is the extension point (the resilience work adds it);
-until then the summary says None and the page shows "n/a".
+record keeps tokens only. A provider's circuit-breaker state is the worst of its models' breakers
+(`Proxy.breakers`); before any of its models was tried the summary says None and the page "n/a".
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from litestar.params import FromPath
 from ._errors import NotFoundError, RequestError
 from ._proxy import Proxy
 from ._records import RequestRecord
+from ._resilience import BreakerState
 
 __all__ = ["ASSETS", "CSP", "dashboard_router", "price_cost"]
 
@@ -78,9 +78,16 @@ def _record_json(proxy: Proxy, record: RequestRecord, *, detail: bool = False) -
 
 
 def _breaker_state(proxy: Proxy, provider: str) -> str | None:
-    """The provider's circuit-breaker state, once the pipeline has breakers (see the module doc)."""
-    state = getattr(proxy, "breaker_state", None)
-    return state(provider) if callable(state) else None
+    """The provider's circuit-breaker state: the worst of its models' breakers (open, then half-open,
+    then closed), "off" when breakers are disabled, None before any of its models was tried."""
+    breakers = proxy.breakers
+    if not breakers.enabled:
+        return "off"
+    states = [breaker.state for (name, _), breaker in breakers._breakers.items() if name == provider]
+    for state in (BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED):
+        if state in states:
+            return state.name.lower().replace("_", "-")
+    return None
 
 
 @get("/", media_type="text/html")

@@ -236,7 +236,7 @@ def test_charts_render(page: Any, proxy_url: str, client: anthropic.Anthropic, f
                            timeout=WAIT_MS)
     assert card.locator("svg polyline.p50").get_attribute("points")
     assert card.locator("svg polyline.p99").count() == 1
-    assert "breaker n/a" in card.text_content()
+    assert "breaker closed" in card.text_content()
     assert page.locator("#routes tbody tr", has_text="default").count() == 1
     assert page.locator("#models tbody tr", has_text="openai/gpt-4.1").count() >= 1
     if target := os.environ.get("CCPROXY_DASHBOARD_SCREENSHOT"):
