@@ -31,6 +31,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from ._chat import ChatInbound, openai_error, render
 from ._compiler import CompiledRules
 from ._config import Settings
+from ._dashboard import dashboard_router
 from ._endpoint import bind_endpoints
 from ._errors import (
     AuthenticationError,
@@ -45,6 +46,7 @@ from ._functions import new_id
 from ._metrics import Metrics
 from ._observe import REQUEST_ID, Observer, Trace
 from ._proxy import Answer, Proxy, configured_models
+from ._records import RequestRecords
 from ._redact import remember
 from ._responses import ResponsesInbound
 from ._responses import render as render_response
@@ -222,8 +224,12 @@ def _trace(request: Request[Any, Any, Any]) -> Trace | None:
     return trace if isinstance(trace, Trace) else None
 #: What a client-sent request id may look like before it is echoed in a header or written to a log.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-#: Endpoints that answer without the server key: liveness probes and Claude Code's HEAD / probe.
-_OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/")})
+#: Endpoints that answer without the server key: liveness probes, Claude Code's HEAD / probe, and the
+#: dashboard's page and assets (no data: the page asks for the key; its data under /ui/api/ needs it).
+_OPEN_ENDPOINTS = frozenset({("GET", "/health"), ("HEAD", "/"), ("GET", "/ui")})
+_OPEN_PREFIX = "/ui/assets/"
+#: The dashboard's data also takes the key from this cookie, which the page sets once it has the key.
+_KEY_COOKIE = "ccproxy_key"
 #: Endpoints of OpenAI's API: their errors are in OpenAI's envelope whatever the headers say.
 _OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 
@@ -252,11 +258,14 @@ def _authenticator(api_key: str | None) -> Callable[[Request[Any, Any, Any]], Aw
     expected = api_key.encode()
 
     async def authenticate(request: Request[Any, Any, Any]) -> None:
-        if (request.method, request.scope["path"]) in _OPEN_ENDPOINTS:
+        path = request.scope["path"]
+        if (request.method, path) in _OPEN_ENDPOINTS or (request.method == "GET" and path.startswith(_OPEN_PREFIX)):
             return
         headers = request.headers
         bearer = headers.get("authorization", "")
         sent = [headers.get("x-api-key", ""), bearer[7:] if bearer[:7].lower() == "bearer " else ""]
+        if path.startswith("/ui/api/"):
+            sent.append(request.cookies.get(_KEY_COOKIE, ""))
         # every candidate is compared, so the time taken does not say which one was close
         matches = [hmac.compare_digest(candidate.encode(), expected) for candidate in sent if candidate]
         if not any(matches):
@@ -384,7 +393,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     metrics = Metrics(settings.providers, configured_models(settings))
     drain = Drain(settings.shutdown_grace)
     proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=upstream, tokens=tokens, metrics=metrics,
-                  drain=drain)
+                  drain=drain, records=RequestRecords(settings.dashboard))
     observer = Observer(metrics, access_log=settings.access_log)
     state = _State(proxy, RequestValidator("anthropic.messages.schema.json", MESSAGES_RANGES),
                    RequestValidator("anthropic.count_tokens.schema.json"), ChatInbound(), ResponsesInbound())
@@ -405,7 +414,7 @@ def create_app(settings: Settings, rules: Mapping[str, CompiledRules], *,
     _remember_keys(settings)
     return Litestar(
         route_handlers=[create_message, chat_completions, responses, count_tokens, list_models, get_model,
-                        metrics_endpoint, health, head_root],
+                        metrics_endpoint, health, head_root, dashboard_router()],
         state=State({"ccproxy": state}),
         lifespan=[lifespan],
         before_request=_authenticator(settings.api_key),
@@ -430,7 +439,8 @@ def replace_proxy(app: Litestar, settings: Settings, rules: Mapping[str, Compile
     state: _State = app.state.ccproxy
     old = state.proxy
     _remember_keys(settings)
-    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens)
+    state.proxy = Proxy(settings, bind_endpoints(settings, rules), upstream=old.upstream, tokens=old.tokens,
+                        records=old.records)
     return old
 
 

@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     ccr.add_argument("--output", help="write the config here (default: print it)")
     ccr.add_argument("--force", action="store_true", help="overwrite an existing --output file")
     ccr.set_defaults(handler=_cmd_import_ccr)
+    from ._statusline import add_parser as add_statusline
+
+    add_statusline(sub)
     return parser
 
 

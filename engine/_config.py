@@ -62,6 +62,7 @@ __all__ = [
     "EMBEDDED_SOURCE",
     "BreakerSettings",
     "CustomRouter",
+    "DashboardSettings",
     "ProviderSettings",
     "ResilienceSettings",
     "RetrySettings",
@@ -212,6 +213,17 @@ class CustomRouter:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """``server.dashboard`` in the config."""
+
+    capture: bool = False
+    """Keep the translated upstream request and the answer (keys masked): anyone with the server key
+    could read every prompt, so it is off unless the config says so."""
+    max_records: int = 1000
+    max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class RetrySettings:
     """Retries of one target before the route's next one (``server.retry``). Claude Code retries
     failed requests itself, so the defaults are small: one retry, half a second."""
@@ -259,6 +271,7 @@ class Settings:
     warnings: list[Diagnostic] = field(default_factory=list)
     allow_unauthenticated: bool = False
     """Serve a non-loopback host without `api_key` (the user opted in)."""
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     shutdown_grace: float = 30.0
     """Seconds streams in flight get to finish after SIGTERM before they end with an ``error`` event."""
@@ -426,6 +439,7 @@ class _Loader:
             port=server.get("port", DEFAULT_PORT),
             api_key=server.get("api_key") or None,
             allow_unauthenticated=bool(server.get("allow_unauthenticated", False)),
+            dashboard=DashboardSettings(**(server.get("dashboard") or {})),
             resilience=_resilience(server),
             shutdown_grace=float(server.get("shutdown_grace", 30.0)),
             access_log=bool(server.get("access_log", False)),

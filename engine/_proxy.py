@@ -36,6 +36,7 @@ from ._endpoint import Endpoint, UpstreamCall
 from ._errors import EngineError, NotFoundError, RequestError, UpstreamStatusError, error_envelope
 from ._metrics import Metrics, known_models
 from ._observe import Trace
+from ._records import RequestRecords, observe
 from ._resilience import Breakers, CircuitOpenError, RetryPolicy, TargetRefusedError, is_upstream_failure
 from ._router import Router
 from ._shutdown import Drain, ShuttingDownError, StreamStop
@@ -139,8 +140,10 @@ class Proxy:
 
     def __init__(self, settings: Settings, endpoints: Mapping[str, Endpoint], *,
                  upstream: UpstreamClient | None = None, tokens: TokenCounter | None = None,
-                 metrics: Metrics | None = None, drain: Drain | None = None) -> None:
+                 metrics: Metrics | None = None, drain: Drain | None = None,
+                 records: RequestRecords | None = None) -> None:
         self.settings = settings
+        self.records = records if records is not None else RequestRecords()
         self.endpoints = dict(endpoints)
         self.router = Router(settings)
         self.upstream = upstream or UpstreamClient()
@@ -161,9 +164,15 @@ class Proxy:
     async def messages(self, body: JSONObject, raw: bytes, headers: Mapping[str, str], *,
                        request_id: str, trace: Trace | None = None) -> Answer:
         """Answer one checked ``/v1/messages`` request with Anthropic bytes: route it, then try its
-        targets in order. A passthrough target's answer is relayed byte for byte."""
-        return await self._routed(Incoming(body, raw, _lower(headers)), len(raw), trace or Trace(request_id),
-                                  self._as_bytes)
+        targets in order. A passthrough target's answer is relayed byte for byte. Its record
+        (`RequestRecords`, the dashboard's) follows it to the end of the answer."""
+        observer = self.records.open(request_id, body)
+        try:
+            return observer.watch(await self._routed(Incoming(body, raw, _lower(headers)), len(raw),
+                                                     trace or Trace(request_id), self._as_bytes))
+        except BaseException as exc:
+            observer.failed(exc)
+            raise
 
     async def decoded(self, body: JSONObject, size: int, headers: Mapping[str, str], *, request_id: str,
                       adapt: Adapter | None = None, trace: Trace | None = None) -> Decoded:
@@ -171,8 +180,13 @@ class Proxy:
         Anthropic values instead of bytes: a message, or a stream of event batches, whatever the
         target (a passthrough's answer is decoded too). Same routing, fallbacks and upstream
         ownership as `messages`; `adapt` completes the body for each target before it is prepared."""
-        return await self._routed(Incoming(body, None, _lower(headers)), size, trace or Trace(request_id),
-                                  self._as_values, adapt)
+        observer = self.records.open(request_id, body)
+        try:
+            return observer.watch_values(await self._routed(Incoming(body, None, _lower(headers)), size,
+                                                            trace or Trace(request_id), self._as_values, adapt))
+        except BaseException as exc:
+            observer.failed(exc)
+            raise
 
     async def _routed(self, incoming: Incoming, size: int, trace: Trace,
                       finish: Callable[[Exchange], Awaitable[_T]], adapt: Adapter | None = None) -> _T:
@@ -188,6 +202,7 @@ class Proxy:
         for index, target in enumerate(targets):
             answer_headers = {"request-id": trace.request_id, "x-ccproxy-route": route.header(target)}
             trace.provider, trace.model = target.provider, target.model
+            observe().routed(route.reason, target.provider, target.model)
             try:
                 check_model_name(target.model)
                 exchange = self._exchange(incoming, target, adapt, answer_headers, route.tokens, size, trace)
@@ -214,6 +229,7 @@ class Proxy:
             call = endpoint.prepare(sent.body, model=target.model, client_headers=sent.headers, raw=sent.raw)
         except RequestError as exc:  # the target's rules refuse it (a capability its model lacks)
             raise TargetRefusedError(exc) from exc
+        observe().prepared(call.request.body)
         return Exchange(endpoint, call, sent, headers, tokens, size, trace)
 
     async def _try(self, target: RouteTarget, trace: Trace, attempt: Callable[[], Awaitable[_T]]) -> _T:

@@ -275,6 +275,9 @@ def test_the_entrypoint_serves_from_a_clean_install(container: Container, upstre
     checked = subprocess.run([str(clean_install / "ccproxy-engine"), "validate"], cwd=container.scratch,
                              env=container.env, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
+    # so did the dashboard's page and assets
+    for path in ("/ui", "/ui/assets/app.js", "/ui/assets/app.css"):
+        assert httpx.get(f"{container.url}{path}", timeout=10).status_code == 200, path
     # the server wrote nothing, neither in its home and temp directory nor in its install: a read-only
     # root file system serves
     assert list(container.scratch.iterdir()) == []

@@ -144,5 +144,8 @@ def test_workers_share_the_port_and_stop_together(config_path: Path, fake: FakeO
             for _ in range(4):
                 message = sdk.messages.create(model=MODEL, max_tokens=16, messages=user("Hi"))
                 assert message.content[0].text == "ok"  # type: ignore[union-attr]
+        # each worker keeps its own dashboard records, and says which worker it is
+        shown = {httpx.get(f"{base_url}/ui/api/summary", timeout=10).json()["worker"] for _ in range(6)}
+        assert shown <= set(workers)
     assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
                for pid in workers)

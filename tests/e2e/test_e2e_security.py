@@ -63,6 +63,8 @@ def keyed_proxy(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/openai/gpt-4.1", None),
     ("POST", "/v1/chat/completions", {"model": MODEL, "messages": user("Hi")}),
+    ("GET", "/ui/api/requests", None),
+    ("GET", "/ui/api/summary", None),
 ])
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong-key"}, {"authorization": "Bearer wrong-key"},
                                      {"authorization": SERVER_KEY}, {"x-api-key": SERVER_KEY[:-1]}],
