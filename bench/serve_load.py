@@ -2,13 +2,13 @@
 
 Starts, on this machine only (127.0.0.1):
   * the canned upstream (bench/upstream.py) under granian, 1 worker;
-  * `ccproxy-engine serve` (granian, 1 worker) routed to it;
+  * `ccproxy-engine serve` (`--workers N`, default 1) routed to it;
 and drives both with the same closed-loop load (aiohttp, N concurrent connections, a ~10 KB or
 ~100 KB Anthropic request), so the proxy's figures come as ratios to the upstream measured in the
 same run. The load generator runs in this process; pin it to the other core (taskset) for cleaner
 numbers on a 2-core machine.
 
-    .venv/bin/python bench/serve_load.py [--seconds 5] [--concurrency 32] [--size 10|100] [--stream]
+    .venv/bin/python bench/serve_load.py [--seconds 5] [--concurrency 32] [--size 10|100] [--stream] [--workers N]
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--size", choices=["10", "100"], default="10")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="ccproxy-engine serve --workers (default 1)")
     args = parser.parse_args()
     request = small_request() if args.size == "10" else large_request()
     request["stream"] = args.stream
@@ -105,7 +106,7 @@ def main() -> None:
         started = time.perf_counter()
         processes.append(subprocess.Popen(
             [str(Path(sys.executable).parent / "ccproxy-engine"), "serve", "--config", config.name,
-             "--port", str(proxy_port)], env=env, stderr=subprocess.DEVNULL))
+             "--port", str(proxy_port), "--workers", str(args.workers)], env=env, stderr=subprocess.DEVNULL))
         wait_ready(f"http://127.0.0.1:{proxy_port}/health")
         startup = time.perf_counter() - started
         wait_ready(f"http://127.0.0.1:{up_port}/")
@@ -121,7 +122,7 @@ def main() -> None:
             results[label] = (count / args.seconds, statistics.median(latencies) * 1000)
         base_rps, base_ms = results["upstream alone (baseline)"]
         print(json.dumps({"size_kb": len(body) // 1000, "stream": args.stream, "concurrency": args.concurrency,
-                          "startup_to_healthy_s": round(startup, 2)}))
+                          "workers": args.workers, "startup_to_healthy_s": round(startup, 2)}))
         for label, (rps, ms) in results.items():
             print(f"{label:<28} {rps:>8.0f} req/s  median {ms:>6.2f} ms  ({rps / base_rps:.2f}x baseline rps)")
         _, proxy_ms = results["through ccproxy-engine"]
