@@ -45,13 +45,14 @@ from ._errors import (
 from ._functions import new_id
 from ._metrics import Metrics
 from ._observe import REQUEST_ID, Observer, Trace
-from ._proxy import Answer, Proxy, configured_models
+from ._proxy import Adapter, Answer, Decoded, Proxy, configured_models
 from ._records import RequestRecords
 from ._redact import remember
 from ._responses import ResponsesInbound
 from ._responses import render as render_response
 from ._shutdown import Drain, register, unregister
 from ._tokens import TokenCounter
+from ._types import JSONObject
 from ._upstream import UpstreamClient
 from ._validation import MESSAGES_RANGES, RequestValidator
 
@@ -115,28 +116,26 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     """OpenAI Chat Completions clients: the inbound rules build the Anthropic request, the pipeline
     routes and sends it like any other, `_chat.render` answers in the client's format."""
-    state = _state(request)
-    raw = await request.body()
-    body = _parse(raw)
-    translated = state.chat.request(body, request.headers)
-    decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
-                                        adapt=ChatInbound.adapt, trace=_trace(request))
-    answer = render(decoded, body)
-    request.scope[_ANSWER] = answer  # type: ignore[literal-required]
-    return _send(answer)
+    return await _inbound(request, _state(request).chat.request, ChatInbound.adapt, render)
 
 
 @post("/v1/responses", status_code=200)
 async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
     """OpenAI Responses clients (Codex): like `chat_completions`, with the Responses inbound rules and
     `_responses.render`. Stateless: a request that needs stored responses is refused."""
-    state = _state(request)
+    return await _inbound(request, _state(request).responses.request, ResponsesInbound.adapt, render_response)
+
+
+async def _inbound(request: Request[Any, Any, Any], translate: Callable[[Any, Any], JSONObject], adapt: Adapter,
+                   render_answer: Callable[[Decoded, Any], Answer]) -> Response[Any]:
+    """A request in another API's format: `translate` builds the Anthropic body, the pipeline answers
+    with Anthropic values, `render_answer` puts them back in the client's format."""
     raw = await request.body()
     body = _parse(raw)
-    translated = state.responses.request(body, request.headers)
-    decoded = await state.proxy.decoded(translated, len(raw), request.headers, request_id=_request_id(request),
-                                        adapt=ResponsesInbound.adapt, trace=_trace(request))
-    answer = render_response(decoded, body)
+    decoded = await _state(request).proxy.decoded(translate(body, request.headers), len(raw), request.headers,
+                                                  request_id=_request_id(request), adapt=adapt,
+                                                  trace=_trace(request))
+    answer = render_answer(decoded, body)
     request.scope[_ANSWER] = answer  # type: ignore[literal-required]
     return _send(answer)
 

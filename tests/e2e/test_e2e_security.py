@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import anthropic
 import httpx
 import orjson
 import pytest
-from e2e.support import MODEL, UPSTREAM_KEY, serve_proxy, user, write_config
+from e2e.support import MODEL, UPSTREAM_KEY, serve_proxy, user, wait_until, write_config
 from fakes import Error, FakeOpenAI, Text, serve_app
 
 from ccproxy_engine import _app
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.e2e
 
 SERVER_KEY = "ccpx-server-key-0123456789"
 STREAM_BODY = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": user("Hi")}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import httpx
 import orjson
 import pytest
-from e2e.support import MODEL, accumulate, names, read_events, user
+from e2e.support import MODEL, accumulate, names, read_events, user, wait_until
 from fakes import Chunks, FakeOpenAI, Text, chunk
 
 import ccproxy_engine._proxy
@@ -16,15 +15,6 @@ import ccproxy_engine._proxy
 pytestmark = pytest.mark.e2e
 
 STREAM_BODY = {"model": MODEL, "max_tokens": 64, "stream": True, "messages": user("Hi")}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_client_disconnect_cancels_the_upstream(proxy_url: str, fake: FakeOpenAI) -> None:
